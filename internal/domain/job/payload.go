@@ -1,0 +1,517 @@
+package job
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Payload is the decoded JSON payload of a job; the concrete type follows
+// the job's kind. Decode stores values (StartPayload, not *StartPayload).
+type Payload interface {
+	Kind() Kind
+}
+
+// StartPayload is the payload of a start job.
+type StartPayload struct {
+	// ImageRef is the engine image to run; required.
+	ImageRef string `json:"image_ref"`
+	// Env is the engine's environment. Names starting with RTM_ are
+	// reserved for the agent.
+	Env map[string]string `json:"env,omitempty"`
+	// Limits are the container's resource limits; zeros take defaults.
+	Limits Limits `json:"limits,omitempty"`
+	// StateDir is the state directory relative to the policy's state
+	// root; empty means the game id.
+	StateDir string `json:"state_dir,omitempty"`
+}
+
+// StopPayload is the payload of a stop job.
+type StopPayload struct {
+	// TimeoutSeconds is how long the engine may take to exit after
+	// SIGTERM before it is killed; absent means the policy default.
+	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
+}
+
+// RestartPayload is the payload of a restart job.
+type RestartPayload struct {
+	// TimeoutSeconds is the stop timeout of the restart; absent means the
+	// policy default.
+	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
+}
+
+// RemovePayload is the payload of a remove job; it has no fields.
+type RemovePayload struct{}
+
+// ChangeImagePayload is the payload of an image change. The new container
+// keeps the game's state directory.
+type ChangeImagePayload struct {
+	// ImageRef is the new engine image; required.
+	ImageRef string `json:"image_ref"`
+	// Env is the new container's environment, as for a start.
+	Env map[string]string `json:"env,omitempty"`
+	// Limits are the new container's limits; zeros take defaults.
+	Limits Limits `json:"limits,omitempty"`
+}
+
+// Kind implements Payload.
+func (StartPayload) Kind() Kind { return KindStart }
+
+// Kind implements Payload.
+func (StopPayload) Kind() Kind { return KindStop }
+
+// Kind implements Payload.
+func (RestartPayload) Kind() Kind { return KindRestart }
+
+// Kind implements Payload.
+func (RemovePayload) Kind() Kind { return KindRemove }
+
+// Kind implements Payload.
+func (ChangeImagePayload) Kind() Kind { return KindChangeImage }
+
+// Spec is a validated job, ready for an executor.
+type Spec struct {
+	Kind   Kind
+	GameID string
+	// Payload is the decoded payload, of the type matching Kind.
+	Payload Payload
+	// ImageRef is the image to run, as written in the payload (start and
+	// change_image only).
+	ImageRef string
+	// StatePath is the absolute, clean host path of the state directory,
+	// strictly inside the state root (start only).
+	StatePath string
+	// Env is the environment as sorted "NAME=value" entries (start and
+	// change_image only).
+	Env []string
+	// Limits are the resource limits with defaults applied (start and
+	// change_image only; zero otherwise).
+	Limits Limits
+	// StopTimeout is how long a stop may wait before killing: from the
+	// payload for stop and restart, the policy default otherwise (a
+	// remove or an image change stops the container too).
+	StopTimeout time.Duration
+}
+
+// Decode validates an untrusted job and returns its Spec. It checks, in
+// order, the kind, the game id, the payload size, the payload's JSON
+// shape (one object; no unknown, misspelled or duplicate keys; no
+// trailing data; an empty or null payload reads as {}) and every field.
+//
+// Errors are *FieldError values wrapping ErrUnknownKind,
+// ErrInvalidGameID, ErrInvalidPayload, ErrImageNotAllowed,
+// ErrInvalidEnv, ErrInvalidLimits or ErrStateDirOutsideRoot, all of them
+// permanent; or they wrap ErrInvalidPolicy when p cannot be applied.
+func Decode(kind string, gameID string, raw []byte, p Policy) (Spec, error) {
+	k := Kind(kind)
+	if !k.IsKnown() {
+		return Spec{}, fieldErr("kind", ErrUnknownKind, fmt.Sprintf("%s is not a job kind; use one of %s", quote(kind), kindList()))
+	}
+	if err := ValidateGameID(gameID); err != nil {
+		return Spec{}, err
+	}
+	if err := p.validateBounds(); err != nil {
+		return Spec{}, err
+	}
+	if len(raw) > p.MaxPayloadBytes {
+		return Spec{}, fieldErr("payload", ErrInvalidPayload, fmt.Sprintf("is %d bytes, over the limit of %d", len(raw), p.MaxPayloadBytes))
+	}
+
+	spec := Spec{Kind: k, GameID: gameID, StopTimeout: p.DefaultStopTimeout}
+	var err error
+	switch k {
+	case KindStart:
+		var pl StartPayload
+		if err = decodeStrict(raw, &pl); err != nil {
+			return Spec{}, err
+		}
+		spec.Payload, spec.ImageRef = pl, pl.ImageRef
+		if spec.Env, spec.Limits, err = p.checkContainer(pl.ImageRef, pl.Env, pl.Limits); err != nil {
+			return Spec{}, err
+		}
+		if spec.StatePath, err = ResolveStatePath(p.StateRoot, gameID, pl.StateDir); err != nil {
+			return Spec{}, err
+		}
+	case KindChangeImage:
+		var pl ChangeImagePayload
+		if err = decodeStrict(raw, &pl); err != nil {
+			return Spec{}, err
+		}
+		spec.Payload, spec.ImageRef = pl, pl.ImageRef
+		if spec.Env, spec.Limits, err = p.checkContainer(pl.ImageRef, pl.Env, pl.Limits); err != nil {
+			return Spec{}, err
+		}
+	case KindStop:
+		var pl StopPayload
+		if err = decodeStrict(raw, &pl); err != nil {
+			return Spec{}, err
+		}
+		spec.Payload = pl
+		if spec.StopTimeout, err = p.stopTimeout(pl.TimeoutSeconds); err != nil {
+			return Spec{}, err
+		}
+	case KindRestart:
+		var pl RestartPayload
+		if err = decodeStrict(raw, &pl); err != nil {
+			return Spec{}, err
+		}
+		spec.Payload = pl
+		if spec.StopTimeout, err = p.stopTimeout(pl.TimeoutSeconds); err != nil {
+			return Spec{}, err
+		}
+	case KindRemove:
+		var pl RemovePayload
+		if err = decodeStrict(raw, &pl); err != nil {
+			return Spec{}, err
+		}
+		spec.Payload = pl
+	}
+	return spec, nil
+}
+
+// Validate checks that s is what Decode returns for a valid job under p:
+// a guard for Specs built or changed by hand. Errors wrap the same
+// sentinels as Decode's.
+func (s Spec) Validate(p Policy) error {
+	if !s.Kind.IsKnown() {
+		return fieldErr("kind", ErrUnknownKind, fmt.Sprintf("%s is not a job kind; use one of %s", quote(string(s.Kind)), kindList()))
+	}
+	if err := ValidateGameID(s.GameID); err != nil {
+		return err
+	}
+	if err := p.validateBounds(); err != nil {
+		return err
+	}
+	if s.Payload == nil || reflect.ValueOf(s.Payload).Kind() == reflect.Pointer || s.Payload.Kind() != s.Kind {
+		return fieldErr("payload", ErrInvalidPayload, fmt.Sprintf("holds %T, not the %s payload value", s.Payload, s.Kind))
+	}
+	if s.StopTimeout < 0 || s.StopTimeout > p.MaxStopTimeout {
+		return fieldErr("timeout_seconds", ErrInvalidPayload, fmt.Sprintf("%s is outside 0s..%s", s.StopTimeout, p.MaxStopTimeout))
+	}
+	switch s.Kind {
+	case KindStart, KindChangeImage:
+		if err := CheckImage(s.ImageRef, p.AllowedImages); err != nil {
+			return err
+		}
+		if err := p.checkEnvEntries(s.Env); err != nil {
+			return err
+		}
+		if err := p.checkResolvedLimits(s.Limits); err != nil {
+			return err
+		}
+	default:
+		if s.ImageRef != "" || len(s.Env) != 0 || s.Limits != (Limits{}) {
+			return fieldErr("payload", ErrInvalidPayload, fmt.Sprintf("a %s job takes no image, env or limits", s.Kind))
+		}
+	}
+	if s.Kind == KindStart {
+		if err := validateStateRoot(p.StateRoot); err != nil {
+			return err
+		}
+		if !insideRoot(p.StateRoot, s.StatePath) {
+			return fieldErr("state_dir", ErrStateDirOutsideRoot, fmt.Sprintf("state path %s is not a clean path strictly inside %s", quote(s.StatePath), quote(p.StateRoot)))
+		}
+	} else if s.StatePath != "" {
+		return fieldErr("state_dir", ErrInvalidPayload, fmt.Sprintf("a %s job takes no state path", s.Kind))
+	}
+	return nil
+}
+
+// checkContainer validates what a start and an image change share.
+func (p Policy) checkContainer(imageRef string, env map[string]string, limits Limits) ([]string, Limits, error) {
+	if err := CheckImage(imageRef, p.AllowedImages); err != nil {
+		return nil, Limits{}, err
+	}
+	entries, err := p.EnvEntries(env)
+	if err != nil {
+		return nil, Limits{}, err
+	}
+	resolved, err := p.ResolveLimits(limits)
+	if err != nil {
+		return nil, Limits{}, err
+	}
+	return entries, resolved, nil
+}
+
+// stopTimeout resolves a payload's timeout_seconds: absent takes the
+// default, otherwise 0..MaxStopTimeout in whole seconds.
+func (p Policy) stopTimeout(seconds *int) (time.Duration, error) {
+	if seconds == nil {
+		return p.DefaultStopTimeout, nil
+	}
+	maxSeconds := int64(p.MaxStopTimeout / time.Second)
+	// Compared before multiplying: a huge value would overflow Duration.
+	if s := int64(*seconds); s < 0 || s > maxSeconds {
+		return 0, fieldErr("timeout_seconds", ErrInvalidPayload, fmt.Sprintf(
+			"%d is outside 0..%d; leave it out for the default of %d", s, maxSeconds, int64(p.DefaultStopTimeout/time.Second)))
+	}
+	return time.Duration(*seconds) * time.Second, nil
+}
+
+func kindList() string {
+	kinds := AllKinds()
+	names := make([]string, len(kinds))
+	for i, k := range kinds {
+		names[i] = string(k)
+	}
+	return strings.Join(names, ", ")
+}
+
+// maxJSONDepth bounds nesting; the deepest valid payload has two levels.
+const maxJSONDepth = 8
+
+// decodeStrict decodes raw into the struct v points to, refusing what
+// encoding/json lets through: keys that match a field only when case is
+// ignored ("IMAGE_REF"), duplicate keys (other parsers would keep the
+// other copy), invalid UTF-8 (silently replaced), non-objects and
+// trailing data.
+func decodeStrict(raw []byte, v any) error {
+	raw = bytes.Trim(raw, " \t\r\n")
+	if len(raw) == 0 || string(raw) == "null" {
+		raw = []byte("{}")
+	}
+	if !utf8.Valid(raw) {
+		return fieldErr("payload", ErrInvalidPayload, "is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return fieldErr("payload", ErrInvalidPayload, "is not JSON: "+err.Error())
+	}
+	if tok != json.Delim('{') {
+		return fieldErr("payload", ErrInvalidPayload, fmt.Sprintf("must be a JSON object, not %s", jsonKind(tok)))
+	}
+	if err := walkObject(dec, shapeOf(reflect.TypeOf(v).Elem()), "", 1); err != nil {
+		return err
+	}
+	if tok, err := dec.Token(); err != io.EOF {
+		if err != nil {
+			return fieldErr("payload", ErrInvalidPayload, "has invalid data after the JSON object: "+err.Error())
+		}
+		return fieldErr("payload", ErrInvalidPayload, fmt.Sprintf("has trailing data after the JSON object (%s); send exactly one object", jsonKind(tok)))
+	}
+
+	dec = json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			field := typeErr.Field
+			if field == "" {
+				field = "payload"
+			}
+			return fieldErr(field, sentinelFor(field), fmt.Sprintf("got a JSON %s, want %s", truncate(typeErr.Value), jsonType(typeErr.Type)))
+		}
+		return fieldErr("payload", ErrInvalidPayload, err.Error())
+	}
+	return nil
+}
+
+// sentinelFor picks the sentinel of a mistyped field.
+func sentinelFor(field string) error {
+	switch {
+	case field == "limits" || strings.HasPrefix(field, "limits."):
+		return ErrInvalidLimits
+	case field == "env" || strings.HasPrefix(field, "env."):
+		return ErrInvalidEnv
+	default:
+		return ErrInvalidPayload
+	}
+}
+
+// shape describes the JSON object a Go type decodes from: the exact keys
+// of a struct, or any keys for a map. A nil *shape is a scalar.
+type shape struct {
+	fields  map[string]*shape
+	anyKeys bool
+}
+
+// shapeOf derives the shape of t from its json tags, so the payload
+// structs stay the single source of the field names.
+func shapeOf(t reflect.Type) *shape {
+	switch t.Kind() {
+	case reflect.Pointer:
+		return shapeOf(t.Elem())
+	case reflect.Map:
+		return &shape{anyKeys: true}
+	case reflect.Struct:
+		s := &shape{fields: map[string]*shape{}}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if !f.IsExported() || name == "-" {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			s.fields[name] = shapeOf(f.Type)
+		}
+		return s
+	default:
+		return nil
+	}
+}
+
+// walkObject reads the members of an object whose '{' was consumed,
+// checking keys against sh (nil: only duplicates are checked).
+func walkObject(dec *json.Decoder, sh *shape, path string, depth int) error {
+	if depth > maxJSONDepth {
+		return fieldErr(fieldPath(path), ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", maxJSONDepth))
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return fieldErr(fieldPath(path), ErrInvalidPayload, syntaxDetail(err))
+		}
+		key := tok.(string) // object keys are always strings
+		child := joinPath(path, key, sh)
+		if seen[key] {
+			return fieldErr(child, ErrInvalidPayload, "appears more than once; send each key once")
+		}
+		seen[key] = true
+		var next *shape
+		if sh != nil && !sh.anyKeys {
+			s, ok := sh.fields[key]
+			if !ok {
+				return fieldErr(child, sentinelFor(child), fmt.Sprintf("is not a known field; known fields here are %s (names are case-sensitive)", knownFields(sh)))
+			}
+			next = s
+		}
+		if err := walkValue(dec, next, child, depth); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return fieldErr(fieldPath(path), ErrInvalidPayload, syntaxDetail(err))
+	}
+	return nil
+}
+
+// walkValue reads one value; types are left to encoding/json.
+func walkValue(dec *json.Decoder, sh *shape, path string, depth int) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return fieldErr(path, ErrInvalidPayload, syntaxDetail(err))
+	}
+	switch tok {
+	case json.Delim('{'):
+		return walkObject(dec, sh, path, depth+1)
+	case json.Delim('['):
+		if depth+1 > maxJSONDepth {
+			return fieldErr(path, ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", maxJSONDepth))
+		}
+		for dec.More() {
+			if err := walkValue(dec, nil, path, depth+1); err != nil {
+				return err
+			}
+		}
+		if _, err := dec.Token(); err != nil { // the closing ']'
+			return fieldErr(path, ErrInvalidPayload, syntaxDetail(err))
+		}
+	}
+	return nil
+}
+
+// joinPath names a member of the object at path: "limits.nano_cpus"
+// for a known field, as UnmarshalTypeError does, and with the key quoted
+// when it is untrusted text (a map key or an unknown field), as in
+// env["A=B"] or "IMAGE_REF".
+func joinPath(path, key string, sh *shape) string {
+	switch {
+	case sh != nil && sh.anyKeys:
+		return path + "[" + quote(key) + "]"
+	case sh != nil && !hasField(sh, key):
+		key = quote(key)
+	case sh == nil:
+		key = quote(key)
+	}
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func hasField(sh *shape, key string) bool {
+	_, ok := sh.fields[key]
+	return ok
+}
+
+func fieldPath(path string) string {
+	if path == "" {
+		return "payload"
+	}
+	return path
+}
+
+func knownFields(sh *shape) string {
+	names := make([]string, 0, len(sh.fields))
+	for name := range sh.fields {
+		names = append(names, name)
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// syntaxDetail describes a JSON syntax error.
+func syntaxDetail(err error) string {
+	if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "is cut short: the JSON ends before the value is complete"
+	}
+	return "is not valid JSON: " + err.Error()
+}
+
+// truncate bounds untrusted text that is not quoted (such as the number
+// text in a JSON type error) for an error message.
+func truncate(s string) string {
+	const maxText = 64
+	if len(s) > maxText {
+		return s[:maxText] + "…"
+	}
+	return s
+}
+
+func jsonKind(tok json.Token) string {
+	switch tok := tok.(type) {
+	case json.Delim:
+		if tok == '[' {
+			return "an array"
+		}
+		return "a " + string(tok)
+	case string:
+		return "a string"
+	case json.Number, float64:
+		return "a number"
+	case bool:
+		return "a boolean"
+	case nil:
+		return "null"
+	default:
+		return fmt.Sprintf("%T", tok)
+	}
+}
+
+func jsonType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		return "an integer"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	default:
+		return t.String()
+	}
+}
