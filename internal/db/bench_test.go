@@ -1,0 +1,102 @@
+package db_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/domain/outbox"
+	"github.com/galaxy/rtmanager/internal/domain/runtime"
+	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
+)
+
+// BenchmarkRawCommit is the baseline for the store's figures: one INSERT in
+// its own transaction, on the same server in the same run.
+func BenchmarkRawCommit(b *testing.B) {
+	pool := pgtest.Pool(b)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, "CREATE TABLE bench_raw (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)"); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO bench_raw (v) VALUES ($1)", "x"); err != nil {
+			b.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUpdateRecord measures one record transition with its outbox
+// event (lock, read, upsert, insert, commit): a stop and a start, in turn.
+func BenchmarkUpdateRecord(b *testing.B) {
+	s := db.NewStore(pgtest.Pool(b), nil)
+	ctx := context.Background()
+	const games = 64
+	for g := 0; g < games; g++ {
+		id := fmt.Sprintf("g%d", g)
+		_, err := s.UpdateRecord(ctx, id, func(_ *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			r, err := runtime.Create(placement(id), "c1", "engine:1", at)
+			return r, outbox.TransitionDetails{Reason: outbox.ReasonJobStart}, err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	toggle := func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		if cur.Status == runtime.StatusRunning {
+			r, err := cur.Stop("c1", at)
+			return r, outbox.TransitionDetails{Reason: outbox.ReasonObservedDie}, err
+		}
+		r, err := cur.ObserveStart("c1", at)
+		return r, outbox.TransitionDetails{Reason: outbox.ReasonObservedStart}, err
+	}
+	i := 0
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := s.UpdateRecord(ctx, fmt.Sprintf("g%d", i%games), toggle); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// BenchmarkClaimFinish measures the queue's own cost per job: claim a batch
+// of due jobs, finish each with its outcome event.
+func BenchmarkClaimFinish(b *testing.B) {
+	s := db.NewStore(pgtest.Pool(b), nil)
+	ctx := context.Background()
+	const batch = 32
+	for i := 0; i < b.N; i++ {
+		if _, _, err := s.InsertJob(ctx, db.NewJob{HostID: "host-a", GameID: fmt.Sprintf("g%d", i%1000), Kind: job.KindStop}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	done := 0
+	for done < b.N {
+		jobs, err := s.ClaimJobs(ctx, "host-a", "agent-1", batch, time.Minute)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(jobs) == 0 {
+			b.Fatalf("no job claimable after %d of %d", done, b.N)
+		}
+		for _, j := range jobs {
+			if _, err := s.FinishJob(ctx, j, "agent-1", db.Outcome{Status: job.StatusSucceeded}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		done += len(jobs)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+}

@@ -1,0 +1,246 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
+	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/domain/outbox"
+)
+
+// Job is one row of the job table. Kind, GameID and Payload are as the Game
+// Master wrote them: untrusted until job.Decode has accepted them.
+type Job struct {
+	ID                int64
+	HostID            string
+	GameID            string
+	Kind              string
+	Payload           []byte
+	Status            job.Status
+	IdempotencyKey    string
+	Traceparent       string
+	Attempt           int
+	MaxAttempts       int
+	RunAfter          time.Time
+	LeaseOwner        string
+	LeaseExpiresAt    *time.Time
+	CancelRequestedAt *time.Time
+	LastError         string
+	CreatedAt         time.Time
+	StartedAt         *time.Time
+	FinishedAt        *time.Time
+}
+
+// NewJob is what an enqueuer provides.
+type NewJob struct {
+	HostID         string
+	GameID         string
+	Kind           job.Kind
+	Payload        []byte // JSON; nil means {}
+	IdempotencyKey string
+	Traceparent    string
+	MaxAttempts    int       // 0: the agent's default for the kind
+	RunAfter       time.Time // zero: now
+}
+
+// InsertJob enqueues a job with tx, which may be the caller's own
+// transaction. When the game already has a job with the same idempotency
+// key, nothing is inserted and that job is returned with inserted false.
+func InsertJob(ctx context.Context, tx dbsqlc.DBTX, nj NewJob) (j Job, inserted bool, err error) {
+	q := dbsqlc.New(tx)
+	payload := nj.Payload
+	if payload == nil {
+		payload = []byte("{}")
+	}
+	var runAfter *time.Time
+	if !nj.RunAfter.IsZero() {
+		runAfter = &nj.RunAfter
+	}
+	row, err := q.InsertJob(ctx, dbsqlc.InsertJobParams{
+		HostID:         nj.HostID,
+		GameID:         nj.GameID,
+		Kind:           string(nj.Kind),
+		Payload:        payload,
+		IdempotencyKey: nullable(nj.IdempotencyKey),
+		Traceparent:    nullable(nj.Traceparent),
+		MaxAttempts:    int32(nj.MaxAttempts),
+		RunAfter:       runAfter,
+	})
+	if errors.Is(err, pgx.ErrNoRows) && nj.IdempotencyKey != "" {
+		row, err = q.GetJobByIdempotencyKey(ctx, dbsqlc.GetJobByIdempotencyKeyParams{GameID: nj.GameID, IdempotencyKey: &nj.IdempotencyKey})
+		if err != nil {
+			return Job{}, false, fmt.Errorf("read job of game %s with idempotency key %q: %w", nj.GameID, nj.IdempotencyKey, err)
+		}
+		return jobFromRow(row), false, nil
+	}
+	if err != nil {
+		return Job{}, false, fmt.Errorf("insert %s job for game %s: %w", nj.Kind, nj.GameID, err)
+	}
+	return jobFromRow(row), true, nil
+}
+
+// InsertJob enqueues a job in its own transaction.
+func (s *Store) InsertJob(ctx context.Context, nj NewJob) (Job, bool, error) {
+	return InsertJob(ctx, s.pool, nj)
+}
+
+// GetJob returns a job by id, or ErrJobNotFound.
+func (s *Store) GetJob(ctx context.Context, id int64) (Job, error) {
+	row, err := s.q.GetJob(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Job{}, fmt.Errorf("job %d: %w", id, ErrJobNotFound)
+	}
+	if err != nil {
+		return Job{}, fmt.Errorf("read job %d: %w", id, err)
+	}
+	return jobFromRow(row), nil
+}
+
+// ListJobsByGame returns the jobs of a game in insertion order.
+func (s *Store) ListJobsByGame(ctx context.Context, gameID string) ([]Job, error) {
+	rows, err := s.q.ListJobsByGame(ctx, gameID)
+	if err != nil {
+		return nil, fmt.Errorf("list jobs of game %s: %w", gameID, err)
+	}
+	return jobsFromRows(rows), nil
+}
+
+// ClaimJobs takes up to max due jobs of host for owner, each at the head of
+// its game's line, and leases them for lease.
+func (s *Store) ClaimJobs(ctx context.Context, hostID, owner string, max int, lease time.Duration) ([]Job, error) {
+	rows, err := s.q.ClaimJobs(ctx, dbsqlc.ClaimJobsParams{
+		HostID: hostID, LeaseOwner: owner, MaxJobs: int32(max), LeaseMs: lease.Milliseconds(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim jobs of host %s: %w", hostID, err)
+	}
+	return jobsFromRows(rows), nil
+}
+
+// ExtendLeases renews owner's leases on ids. It returns the ids still held,
+// each with whether a cancel was requested; an id missing from the result
+// was lost and must be dropped by its worker.
+func (s *Store) ExtendLeases(ctx context.Context, owner string, ids []int64, lease time.Duration) (map[int64]bool, error) {
+	rows, err := s.q.ExtendLeases(ctx, dbsqlc.ExtendLeasesParams{LeaseOwner: owner, Ids: ids, LeaseMs: lease.Milliseconds()})
+	if err != nil {
+		return nil, fmt.Errorf("extend leases of %s: %w", owner, err)
+	}
+	held := make(map[int64]bool, len(rows))
+	for _, r := range rows {
+		held[r.ID] = r.CancelRequestedAt != nil
+	}
+	return held, nil
+}
+
+// RequeueExpiredLeases gives the host's jobs whose lease expired back to the
+// queue and returns their ids.
+func (s *Store) RequeueExpiredLeases(ctx context.Context, hostID string) ([]int64, error) {
+	ids, err := s.q.RequeueExpiredLeases(ctx, hostID)
+	if err != nil {
+		return nil, fmt.Errorf("requeue expired leases of host %s: %w", hostID, err)
+	}
+	return ids, nil
+}
+
+// Outcome is how a job ended.
+type Outcome struct {
+	// Status is succeeded, failed or cancelled.
+	Status job.Status
+	// Error is stored on a failed job.
+	Error string
+	// Record, when set, is the record transition the job's work caused; it
+	// commits with the job's final state or not at all.
+	Record Decision
+}
+
+// FinishJob ends a job that owner still holds, in one transaction with the
+// record's transition (if any) and the outcome's outbox event. It returns
+// ErrLeaseLost when the job is no longer owner's; an error of the decision
+// is returned as it is and nothing is written.
+func (s *Store) FinishJob(ctx context.Context, j Job, owner string, o Outcome) (RecordChange, error) {
+	if !o.Status.IsFinal() {
+		return RecordChange{}, fmt.Errorf("finish job %d: status %q is not final", j.ID, o.Status)
+	}
+	var change RecordChange
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := s.q.WithTx(tx)
+		if err := q.LockGame(ctx, j.GameID); err != nil {
+			return fmt.Errorf("lock game %s: %w", j.GameID, err)
+		}
+		row, err := q.FinishJob(ctx, dbsqlc.FinishJobParams{
+			ID: j.ID, LeaseOwner: owner, Status: string(o.Status), LastError: nullable(o.Error),
+		})
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("finish job %d: %w", j.ID, ErrLeaseLost)
+		}
+		if err != nil {
+			return fmt.Errorf("finish job %d: %w", j.ID, err)
+		}
+		if o.Record != nil {
+			if change, err = s.applyDecision(ctx, q, j.GameID, o.Record); err != nil {
+				return err
+			}
+		}
+		ev, err := outbox.ForJobOutcome(row.ID, row.GameID, row.HostID, row.Kind, o.Status, int(row.Attempt), o.Error)
+		if err != nil {
+			return fmt.Errorf("build outcome event of job %d: %w", j.ID, err)
+		}
+		_, err = insertEvent(ctx, q, ev)
+		return err
+	})
+	if err != nil {
+		return RecordChange{}, err
+	}
+	return change, nil
+}
+
+// RetryJob puts a job owner still holds back in the queue, due after delay,
+// with the error of the attempt that failed.
+func (s *Store) RetryJob(ctx context.Context, j Job, owner string, delay time.Duration, errMsg string) (Job, error) {
+	row, err := s.q.RetryJob(ctx, dbsqlc.RetryJobParams{
+		ID: j.ID, LeaseOwner: owner, DelayMs: delay.Milliseconds(), LastError: nullable(errMsg),
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Job{}, fmt.Errorf("retry job %d: %w", j.ID, ErrLeaseLost)
+	}
+	if err != nil {
+		return Job{}, fmt.Errorf("retry job %d: %w", j.ID, err)
+	}
+	return jobFromRow(row), nil
+}
+
+func jobsFromRows(rows []dbsqlc.Job) []Job {
+	out := make([]Job, len(rows))
+	for i, r := range rows {
+		out[i] = jobFromRow(r)
+	}
+	return out
+}
+
+func jobFromRow(r dbsqlc.Job) Job {
+	return Job{
+		ID:                r.ID,
+		HostID:            r.HostID,
+		GameID:            r.GameID,
+		Kind:              r.Kind,
+		Payload:           r.Payload,
+		Status:            statusOf(r.Status),
+		IdempotencyKey:    deref(r.IdempotencyKey),
+		Traceparent:       deref(r.Traceparent),
+		Attempt:           int(r.Attempt),
+		MaxAttempts:       int(r.MaxAttempts),
+		RunAfter:          r.RunAfter.UTC(),
+		LeaseOwner:        deref(r.LeaseOwner),
+		LeaseExpiresAt:    utcPtr(r.LeaseExpiresAt),
+		CancelRequestedAt: utcPtr(r.CancelRequestedAt),
+		LastError:         deref(r.LastError),
+		CreatedAt:         r.CreatedAt.UTC(),
+		StartedAt:         utcPtr(r.StartedAt),
+		FinishedAt:        utcPtr(r.FinishedAt),
+	}
+}

@@ -1,0 +1,151 @@
+package db_test
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
+	"github.com/galaxy/rtmanager/internal/testutil/wait"
+)
+
+func TestMigrateUpDownUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u := pgtest.EmptyURL(t)
+
+	if v, dirty, err := db.MigrationVersion(ctx, u); err != nil || v != 0 || dirty {
+		t.Fatalf("fresh database: version %d dirty %v err %v", v, dirty, err)
+	}
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if v, dirty, err := db.MigrationVersion(ctx, u); err != nil || v != db.SchemaVersion || dirty {
+		t.Fatalf("after up: version %d (want %d) dirty %v err %v", v, db.SchemaVersion, dirty, err)
+	}
+	if err := db.MigrateDown(ctx, u, int(db.SchemaVersion), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := countTables(t, u); n != 0 {
+		t.Fatalf("after down, %d rtmanager tables remain", n)
+	}
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatalf("up after down: %v", err)
+	}
+	if n := countTables(t, u); n != 4 {
+		t.Fatalf("after up, want 4 tables, got %d", n)
+	}
+}
+
+// TestMigrateUpConcurrently starts several migrations at once, as a fleet
+// of agents does: all succeed and the schema is applied once.
+func TestMigrateUpConcurrently(t *testing.T) {
+	t.Parallel()
+	u := pgtest.EmptyURL(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for i := 0; i < cap(errs); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- db.MigrateUp(context.Background(), u, db.MigrateOptions{})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("concurrent migrate up: %v", err)
+		}
+	}
+	if v, dirty, err := db.MigrationVersion(context.Background(), u); err != nil || v != db.SchemaVersion || dirty {
+		t.Fatalf("version %d dirty %v err %v", v, dirty, err)
+	}
+}
+
+// TestMigrateWaitsForTheLock holds the migration lock the way a slow
+// migration of another agent would: a migration with the default lock
+// timeout waits and then succeeds; one with a short timeout says what to do.
+func TestMigrateWaitsForTheLock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u := pgtest.EmptyURL(t)
+	holder, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	// The key agents use for migrations (db.migrateLockKey).
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock(1920234, 0)"); err != nil {
+		t.Fatal(err)
+	}
+
+	err = db.MigrateUp(ctx, u, db.MigrateOptions{LockTimeout: 200 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "migration lock") {
+		t.Fatalf("short lock timeout: want an error about the migration lock, got %v", err)
+	}
+
+	result := make(chan error, 1)
+	go func() { result <- db.MigrateUp(ctx, u, db.MigrateOptions{}) }()
+	wait.For(t, time.Minute, "a migration waiting for the lock", func() bool {
+		var waiting int
+		_ = holder.QueryRow(ctx, "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()").Scan(&waiting)
+		return waiting > 0
+	})
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock_all()"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-result; err != nil {
+		t.Fatalf("migration after the lock was released: %v", err)
+	}
+}
+
+func TestConnectErrorsSayWhatToFix(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	good := pgtest.EmptyURL(t)
+	parsed, _ := url.Parse(good)
+	missing := *parsed
+	missing.Path = "/no_such_database"
+
+	cases := []struct{ name, url, want string }{
+		{"not a URL", "postgres://user:secret@host:notaport/db", "not valid"},
+		{"nobody listens", "postgres://rtm:secret@127.0.0.1:1/rtm?sslmode=disable&connect_timeout=2", "cannot connect"},
+		{"missing database", missing.String(), "does not exist"},
+	}
+	for _, tc := range cases {
+		_, err := db.Connect(ctx, tc.url, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: want an error containing %q, got %v", tc.name, tc.want, err)
+			continue
+		}
+		if strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: the error shows the password: %v", tc.name, err)
+		}
+		if err := db.MigrateUp(ctx, tc.url, db.MigrateOptions{}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: migrate: want an error containing %q, got %v", tc.name, tc.want, err)
+		}
+	}
+}
+
+func countTables(t *testing.T, u string) int {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	err = conn.QueryRow(context.Background(),
+		`SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename IN ('hosts', 'runtime_records', 'jobs', 'outbox')`).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

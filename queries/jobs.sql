@@ -1,0 +1,97 @@
+-- name: InsertJob :one
+-- A second insert with the same (game_id, idempotency_key) inserts nothing
+-- and returns no row; the caller then reads the first job.
+INSERT INTO jobs (host_id, game_id, kind, payload, idempotency_key, traceparent, max_attempts, run_after)
+VALUES (
+    sqlc.arg(host_id), sqlc.arg(game_id), sqlc.arg(kind), sqlc.arg(payload),
+    sqlc.narg(idempotency_key), sqlc.narg(traceparent), sqlc.arg(max_attempts),
+    coalesce(sqlc.narg(run_after)::timestamptz, now())
+)
+ON CONFLICT (game_id, idempotency_key) DO NOTHING
+RETURNING *;
+
+-- name: GetJobByIdempotencyKey :one
+SELECT * FROM jobs WHERE game_id = $1 AND idempotency_key = $2;
+
+-- name: GetJob :one
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: ClaimJobs :many
+-- Claims, for one host, up to max_jobs queued jobs that are due and at the
+-- head of their game's line (no earlier unfinished job of the same game), so
+-- the jobs of one game run one at a time in insertion order.
+WITH candidates AS (
+    SELECT j.id
+    FROM jobs j
+    WHERE j.host_id = sqlc.arg(host_id)
+      AND j.status = 'queued'
+      AND j.run_after <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs e
+          WHERE e.game_id = j.game_id
+            AND e.status IN ('queued', 'running')
+            AND e.id < j.id
+      )
+    ORDER BY j.id
+    LIMIT sqlc.arg(max_jobs)
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs
+SET status = 'running',
+    attempt = jobs.attempt + 1,
+    lease_owner = sqlc.arg(lease_owner)::text,
+    lease_expires_at = now() + sqlc.arg(lease_ms)::bigint * interval '1 millisecond',
+    started_at = now()
+FROM candidates
+WHERE jobs.id = candidates.id
+RETURNING jobs.*;
+
+-- name: ExtendLeases :many
+-- Extends the leases an agent still holds and tells it which of its jobs
+-- were asked to cancel.
+UPDATE jobs
+SET lease_expires_at = now() + sqlc.arg(lease_ms)::bigint * interval '1 millisecond'
+WHERE id = ANY(sqlc.arg(ids)::bigint[])
+  AND status = 'running'
+  AND lease_owner = sqlc.arg(lease_owner)::text
+RETURNING id, cancel_requested_at;
+
+-- name: FinishJob :one
+UPDATE jobs
+SET status = sqlc.arg(status),
+    last_error = sqlc.narg(last_error),
+    finished_at = now(),
+    lease_owner = NULL,
+    lease_expires_at = NULL
+WHERE id = sqlc.arg(id)
+  AND status = 'running'
+  AND lease_owner = sqlc.arg(lease_owner)::text
+RETURNING *;
+
+-- name: RetryJob :one
+UPDATE jobs
+SET status = 'queued',
+    last_error = sqlc.narg(last_error),
+    run_after = now() + sqlc.arg(delay_ms)::bigint * interval '1 millisecond',
+    lease_owner = NULL,
+    lease_expires_at = NULL
+WHERE id = sqlc.arg(id)
+  AND status = 'running'
+  AND lease_owner = sqlc.arg(lease_owner)::text
+RETURNING *;
+
+-- name: RequeueExpiredLeases :many
+-- Gives the jobs of a host whose lease expired (their agent died) back to
+-- the queue. The attempt they used stays counted.
+UPDATE jobs
+SET status = 'queued',
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    last_error = 'lease expired: the agent running this job stopped renewing it'
+WHERE host_id = sqlc.arg(host_id)
+  AND status = 'running'
+  AND lease_expires_at < now()
+RETURNING id;
+
+-- name: ListJobsByGame :many
+SELECT * FROM jobs WHERE game_id = $1 ORDER BY id;

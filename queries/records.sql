@@ -1,0 +1,38 @@
+-- name: LockGame :exec
+-- Serialises every writer of one game's record and events. Taken as the
+-- first statement of a transaction, before any write assigns it a
+-- transaction id, so the outbox's xid order is the commit order per game.
+SELECT pg_advisory_xact_lock(1920233, hashtext(sqlc.arg(game_id)::text));
+
+-- name: GetRecord :one
+SELECT * FROM runtime_records WHERE game_id = $1;
+
+-- name: GetRecordForUpdate :one
+SELECT * FROM runtime_records WHERE game_id = $1 FOR UPDATE;
+
+-- name: UpsertRecord :exec
+INSERT INTO runtime_records (
+    game_id, host_id, status, current_container_id, current_image_ref,
+    engine_endpoint, state_path, docker_network,
+    started_at, stopped_at, removed_at, last_op_at, created_at
+) VALUES (
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+)
+ON CONFLICT (game_id) DO UPDATE SET
+    host_id = EXCLUDED.host_id,
+    status = EXCLUDED.status,
+    current_container_id = EXCLUDED.current_container_id,
+    current_image_ref = EXCLUDED.current_image_ref,
+    engine_endpoint = EXCLUDED.engine_endpoint,
+    state_path = EXCLUDED.state_path,
+    docker_network = EXCLUDED.docker_network,
+    started_at = EXCLUDED.started_at,
+    stopped_at = EXCLUDED.stopped_at,
+    removed_at = EXCLUDED.removed_at,
+    last_op_at = EXCLUDED.last_op_at;
+
+-- name: ListRecordsByHost :many
+SELECT * FROM runtime_records
+WHERE host_id = sqlc.arg(host_id)
+  AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status)::text)
+ORDER BY game_id;
