@@ -1,0 +1,119 @@
+// Command engine is a stand-in game engine for tests, `rtmanager dev` and
+// the demo. It is built as a static binary and imported as a one-file image
+// by package engineimage; it uses the standard library only.
+//
+// It serves HTTP on :8080 (`/healthz` → 200, `/` → JSON with the game id),
+// writes /state/engine-started on start (if it can) once its signal
+// handling is set up — so a test can wait for that file before stopping it —
+// and exits 0 promptly on SIGTERM or SIGINT.
+//
+// Environment knobs:
+//
+//	GAME_ID                 reported by `/`
+//	ENGINE_ADDR             listen address (default ":8080")
+//	ENGINE_STATE_DIR        state directory (default "/state")
+//	ENGINE_EXIT_AFTER       Go duration: exit by itself after it …
+//	ENGINE_EXIT_CODE        … with this code (default 0)
+//	ENGINE_IGNORE_SIGTERM=1 ignore SIGTERM (to test stop timeouts/SIGKILL)
+//	ENGINE_ALLOC_MB         allocate and touch this many MiB at start (OOM tests)
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	gameID := os.Getenv("GAME_ID")
+	started := time.Now().UTC()
+	hostname, _ := os.Hostname()
+
+	if os.Getenv("ENGINE_IGNORE_SIGTERM") == "1" {
+		signal.Ignore(syscall.SIGTERM)
+	}
+	sigs := make(chan os.Signal, 1)
+	if os.Getenv("ENGINE_IGNORE_SIGTERM") == "1" {
+		signal.Notify(sigs, syscall.SIGINT)
+	} else {
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	}
+
+	if mb, err := strconv.Atoi(os.Getenv("ENGINE_ALLOC_MB")); err == nil && mb > 0 {
+		hog = make([][]byte, 0, mb)
+		for range mb {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			hog = append(hog, b)
+		}
+	}
+
+	writeState(gameID, started)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"game_id":    gameID,
+			"hostname":   hostname,
+			"started_at": started.Format(time.RFC3339Nano),
+		})
+	})
+	addr := os.Getenv("ENGINE_ADDR")
+	if addr == "" {
+		addr = ":8080"
+	}
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.ListenAndServe() }()
+
+	var exitAfter <-chan time.Time
+	if d, err := time.ParseDuration(os.Getenv("ENGINE_EXIT_AFTER")); err == nil && d >= 0 {
+		exitAfter = time.After(d)
+	}
+
+	code := 0
+	select {
+	case s := <-sigs:
+		fmt.Fprintf(os.Stderr, "engine: %s, exiting\n", s)
+	case <-exitAfter:
+		code, _ = strconv.Atoi(os.Getenv("ENGINE_EXIT_CODE"))
+		fmt.Fprintf(os.Stderr, "engine: ENGINE_EXIT_AFTER elapsed, exiting with %d\n", code)
+	case err := <-serveErr:
+		fmt.Fprintf(os.Stderr, "engine: serve: %v\n", err)
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_ = srv.Shutdown(ctx)
+	cancel()
+	os.Exit(code)
+}
+
+// hog keeps ENGINE_ALLOC_MB alive.
+var hog [][]byte
+
+func writeState(gameID string, started time.Time) {
+	dir := os.Getenv("ENGINE_STATE_DIR")
+	if dir == "" {
+		dir = "/state"
+	}
+	body := fmt.Sprintf("game_id=%s\nstarted_at=%s\npid=%d\n", gameID, started.Format(time.RFC3339Nano), os.Getpid())
+	tmp := filepath.Join(dir, ".engine-started.tmp")
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		return // not writable: fine
+	}
+	_ = os.Rename(tmp, filepath.Join(dir, "engine-started"))
+}

@@ -1,0 +1,239 @@
+// Package dockertest connects tests to the real Docker daemon.
+//
+// When no daemon answers, tests are skipped — unless the environment
+// variable CI is set, in which case they fail: CI always has Docker.
+//
+// Tests observe containers only through the Docker API; they never open
+// connections to container addresses.
+package dockertest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/internal/engineimage"
+)
+
+// LabelTest is put on objects the helpers create outside the engine (e.g.
+// unmanaged containers) so that cleanup finds them.
+const LabelTest = "com.galaxy.rtmanager-test.id"
+
+// ImageRepo is the repository of the test engine image.
+const ImageRepo = "rtmanager-test-engine"
+
+// unavailable stops the test when Docker is missing: Skip locally, Fatal
+// in CI.
+func unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv("CI") != "" {
+		t.Fatalf("docker is required in CI: %s", msg)
+		return
+	}
+	t.Skipf("docker not available: %s", msg)
+}
+
+var (
+	pingOnce sync.Once
+	pingErr  error
+)
+
+// available pings the daemon once per test binary.
+func available(t testing.TB) {
+	t.Helper()
+	pingOnce.Do(func() {
+		d, err := engine.New(engine.Options{HostID: "dockertest-ping"})
+		if err != nil {
+			pingErr = err
+			return
+		}
+		defer d.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pingErr = d.Ping(ctx)
+	})
+	if pingErr != nil {
+		unavailable(t, "%v", pingErr)
+	}
+}
+
+// Client returns a raw moby client for the daemon (DOCKER_HOST or the
+// default socket), closed at cleanup. Use it only to set up situations the
+// engine must not create itself, such as unmanaged containers.
+func Client(t testing.TB) *client.Client {
+	t.Helper()
+	available(t)
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		unavailable(t, "new client: %v", err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+// Engine returns an engine for hostID, closed at cleanup, after checking
+// that the daemon answers. Every container and network labelled with
+// hostID is removed at cleanup (registered before the caller's own
+// cleanups, so it runs after them).
+func Engine(t testing.TB, hostID string) *engine.Docker {
+	t.Helper()
+	available(t)
+	d, err := engine.New(engine.Options{HostID: hostID})
+	if err != nil {
+		t.Fatalf("engine.New: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	RemoveLabelled(t, engine.LabelHost, hostID)
+	return d
+}
+
+// UniqueName returns a lowercase Docker-safe name derived from t.Name()
+// with a random suffix, so reruns and parallel tests do not collide.
+func UniqueName(t testing.TB) string {
+	t.Helper()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	base := strings.Trim(unsafeChars.ReplaceAllString(strings.ToLower(t.Name()), "-"), "-.")
+	if len(base) > 40 {
+		base = base[len(base)-40:]
+		base = strings.TrimLeft(base, "-._")
+	}
+	if base == "" {
+		base = "test"
+	}
+	return base + "-" + hex.EncodeToString(b[:])
+}
+
+var unsafeChars = regexp.MustCompile(`[^a-z0-9_.-]+`)
+
+var (
+	imageOnce sync.Once
+	imageRef  string
+	imageErr  error
+)
+
+// EngineImage builds the test engine image (once per test binary) and
+// returns its reference, "rtmanager-test-engine:<hash>".
+func EngineImage(t testing.TB) string {
+	t.Helper()
+	available(t)
+	imageOnce.Do(func() {
+		d, err := engine.New(engine.Options{HostID: "dockertest-image"})
+		if err != nil {
+			imageErr = err
+			return
+		}
+		defer d.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		imageRef, imageErr = engineimage.Build(ctx, d, ImageRepo)
+	})
+	if imageErr != nil {
+		t.Fatalf("build test engine image: %v", imageErr)
+	}
+	return imageRef
+}
+
+// RemoveLabelled removes, at cleanup, every container (force) and network
+// carrying label key=value.
+func RemoveLabelled(t testing.TB, key, value string) {
+	t.Helper()
+	cli := Client(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		f := make(client.Filters).Add("label", key+"="+value)
+		cs, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+		if err != nil {
+			t.Errorf("cleanup: list containers %s=%s: %v", key, value, err)
+			return
+		}
+		for _, c := range cs.Items {
+			_, err := cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+			if err != nil && !isGone(err) {
+				t.Errorf("cleanup: remove container %s: %v", c.ID, err)
+			}
+		}
+		ns, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: f})
+		if err != nil {
+			t.Errorf("cleanup: list networks %s=%s: %v", key, value, err)
+			return
+		}
+		for _, n := range ns.Items {
+			if _, err := cli.NetworkRemove(ctx, n.ID, client.NetworkRemoveOptions{}); err != nil && !isGone(err) {
+				t.Errorf("cleanup: remove network %s: %v", n.Name, err)
+			}
+		}
+	})
+}
+
+func isGone(err error) bool {
+	var nf interface{ NotFound() }
+	return errors.As(err, &nf) || strings.Contains(err.Error(), "No such") ||
+		strings.Contains(err.Error(), "not found") || strings.Contains(err.Error(), "already in progress")
+}
+
+// CreateUnmanaged creates (not starts) a container with plain SDK calls —
+// not through the engine — with the given name, image and labels plus
+// LabelTest, removed at cleanup. It returns the container id.
+func CreateUnmanaged(t testing.TB, name, image string, labels map[string]string) string {
+	t.Helper()
+	cli := Client(t)
+	testID := UniqueName(t)
+	all := map[string]string{LabelTest: testID}
+	for k, v := range labels {
+		all[k] = v
+	}
+	RemoveLabelled(t, LabelTest, testID)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Name:   name,
+		Config: &container.Config{Image: image, Labels: all},
+		HostConfig: &container.HostConfig{
+			CapDrop:     []string{"ALL"},
+			SecurityOpt: []string{"no-new-privileges"},
+		},
+	})
+	if err != nil {
+		t.Fatalf("create unmanaged container %s: %v", name, err)
+	}
+	return res.ID
+}
+
+// WaitFor polls cond until it returns true or timeout passes (then the test
+// fails with the last error or msg). Use it instead of sleeping.
+func WaitFor(t testing.TB, timeout time.Duration, msg string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var lastErr error
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		lastErr = err
+		if time.Now().After(deadline) {
+			if lastErr != nil {
+				t.Fatalf("timed out after %s waiting for %s: %v", timeout, msg, lastErr)
+			}
+			t.Fatalf("timed out after %s waiting for %s", timeout, msg)
+		}
+		<-tick.C
+	}
+}
