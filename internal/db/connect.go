@@ -55,7 +55,7 @@ func Ping(ctx context.Context, databaseURL string) error {
 }
 
 func explainConnectError(databaseURL string, err error) error {
-	msg := redactIn(err.Error(), databaseURL)
+	msg := oneLine(redactIn(err.Error(), databaseURL))
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.As(err, &pgErr) && pgErr.Code == "3D000":
@@ -100,4 +100,13 @@ func redactIn(msg, databaseURL string) string {
 		msg = strings.ReplaceAll(msg, pw, "xxxxx")
 	}
 	return msg
+}
+
+// oneLine folds pgx's multi-line errors (one line per address tried).
+func oneLine(msg string) string {
+	lines := strings.Split(msg, "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, " ")
 }
