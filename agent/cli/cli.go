@@ -41,6 +41,7 @@ type env struct {
 func commands() []command {
 	return []command{
 		{"run", "run the agent for this Docker host", cmdRun},
+		{"dev", "run the agent on a throwaway local PostgreSQL and the local Docker daemon", cmdDev},
 		{"migrate", "manage the database schema: up | down [N] | version | force VERSION", cmdMigrate},
 		{"version", "print the version", cmdVersion},
 	}
@@ -83,8 +84,16 @@ func usage(w io.Writer) {
 // parse parses a subcommand's flags with the given settings. It returns
 // false with the exit code when the command must stop.
 func parse(e *env, name, synopsis string, args []string, cfg *config.Config, what ...config.Setting) (rest []string, code int, ok bool) {
+	return parseWith(e, name, synopsis, args, cfg, nil, what...)
+}
+
+// parseWith is parse with extra flags registered by extra.
+func parseWith(e *env, name, synopsis string, args []string, cfg *config.Config, extra func(*flag.FlagSet), what ...config.Setting) (rest []string, code int, ok bool) {
 	fs := flag.NewFlagSet("rtmanager "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
+	if extra != nil {
+		extra(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "Usage: rtmanager %s %s\n\nFlags:\n", name, synopsis)
 		fs.PrintDefaults()

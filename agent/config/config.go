@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/galaxy/rtmanager/internal/domain/job"
 )
 
 // Config is every setting of the agent.
@@ -93,7 +95,7 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 		"Docker network engine containers join (env RTM_DOCKER_NETWORK)")
 	fs.StringVar(&c.StateRoot, "state-root", envString("RTM_STATE_ROOT", "/var/lib/rtmanager/state"),
 		"host directory under which every game's state directory must lie (env RTM_STATE_ROOT)")
-	fs.Func("allowed-images", "comma-separated image allow-list; a trailing * matches a prefix (env RTM_ALLOWED_IMAGES)", func(v string) error {
+	fs.Func("allowed-images", "comma-separated image allow-list: repo or repo:* (any tag), repo:tag, repo@digest, or prefix/* (everything below a namespace); empty refuses every image (env RTM_ALLOWED_IMAGES)", func(v string) error {
 		c.AllowedImages = splitList(v)
 		return nil
 	})
@@ -127,6 +129,11 @@ func (c *Config) check(what []Setting) error {
 		}
 		if c.DockerNetwork == "" {
 			errs = append(errs, errors.New("--docker-network must not be empty"))
+		}
+		for _, pattern := range c.AllowedImages {
+			if err := job.ValidateImagePattern(pattern); err != nil {
+				errs = append(errs, fmt.Errorf("--allowed-images (RTM_ALLOWED_IMAGES): %w", err))
+			}
 		}
 		if !strings.HasPrefix(c.StateRoot, "/") {
 			errs = append(errs, fmt.Errorf("--state-root must be an absolute path, got %q", c.StateRoot))
