@@ -23,3 +23,6 @@ SELECT * FROM hosts ORDER BY host_id;
 UPDATE hosts
 SET event_cursor_nanos = greatest(event_cursor_nanos, sqlc.arg(cursor_nanos)::bigint)
 WHERE host_id = sqlc.arg(host_id);
+
+-- name: SchemaVersion :one
+SELECT version, dirty FROM schema_migrations LIMIT 1;

@@ -79,3 +79,17 @@ func hostFromRow(r dbsqlc.Host) Host {
 		CreatedAt:        r.CreatedAt.UTC(),
 	}
 }
+
+// CheckSchema reports an error when the database's schema is not the one
+// this build expects: another agent of a newer version migrated it, or a
+// migration failed half-way.
+func (s *Store) CheckSchema(ctx context.Context) error {
+	v, err := s.q.SchemaVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if v.Dirty || uint(v.Version) != SchemaVersion {
+		return fmt.Errorf("schema at version %d (dirty=%v) but this agent needs %d", v.Version, v.Dirty, SchemaVersion)
+	}
+	return nil
+}

@@ -126,3 +126,14 @@ func (q *Queries) RegisterHost(ctx context.Context, arg RegisterHostParams) (Hos
 	)
 	return i, err
 }
+
+const schemaVersion = `-- name: SchemaVersion :one
+SELECT version, dirty FROM schema_migrations LIMIT 1
+`
+
+func (q *Queries) SchemaVersion(ctx context.Context) (SchemaMigration, error) {
+	row := q.db.QueryRow(ctx, schemaVersion)
+	var i SchemaMigration
+	err := row.Scan(&i.Version, &i.Dirty)
+	return i, err
+}

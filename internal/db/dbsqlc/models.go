@@ -50,6 +50,13 @@ type Outbox struct {
 	CreatedAt time.Time
 }
 
+type OutboxConsumer struct {
+	Name      string
+	LastXid   uint64
+	LastID    int64
+	UpdatedAt time.Time
+}
+
 type RuntimeRecord struct {
 	GameID             string
 	HostID             string
@@ -64,4 +71,9 @@ type RuntimeRecord struct {
 	RemovedAt          *time.Time
 	LastOpAt           time.Time
 	CreatedAt          time.Time
+}
+
+type SchemaMigration struct {
+	Version int64
+	Dirty   bool
 }
