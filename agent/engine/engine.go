@@ -803,6 +803,27 @@ func (d *Docker) RestartContainer(ctx context.Context, id string, timeout time.D
 	return nil
 }
 
+// RenameContainer renames one of our containers. It is not part of
+// [Engine], so that fakes of the interface need not grow: the executor's
+// image change uses it, when available, to move the old container aside
+// before it creates the new one under the game's name. Renaming a
+// container to the name it already has is success.
+func (d *Docker) RenameContainer(ctx context.Context, id, newName string) error {
+	ctx, cancel := d.callCtx(ctx, 0)
+	defer cancel()
+	c, err := d.managed(ctx, id)
+	if err != nil {
+		return fmt.Errorf("rename container %s: %w", id, err)
+	}
+	if c.Name == newName {
+		return nil
+	}
+	if _, err := d.cli.ContainerRename(ctx, c.ID, client.ContainerRenameOptions{NewName: newName}); err != nil {
+		return fmt.Errorf("rename container %s to %s: %w", id, newName, mapErr(err))
+	}
+	return nil
+}
+
 func stopSeconds(timeout time.Duration) int {
 	if timeout <= 0 {
 		return 0

@@ -1,0 +1,354 @@
+// Package executor performs lifecycle jobs on Docker: it turns a validated
+// job (worker.Task) into engine calls and the record transition they
+// justify, which the worker commits with the job's outcome.
+//
+// Every operation is idempotent, because a job runs again after its agent
+// died or its attempt failed: a start adopts the container an earlier
+// attempt created, a stop of a stopped container and a remove of a gone
+// one succeed, an image change resumes where it stopped. Before any Docker
+// call the executor reads the game's record: anything on a removed record
+// fails with runtime.ErrRemoved and touches nothing.
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/agent/intent"
+	"github.com/galaxy/rtmanager/agent/worker"
+	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/domain/outbox"
+	"github.com/galaxy/rtmanager/internal/domain/runtime"
+)
+
+// RecordReader reads a game's record; *db.Store implements it. It returns
+// an error wrapping runtime.ErrNotFound when the game has none.
+type RecordReader interface {
+	GetRecord(ctx context.Context, gameID string) (runtime.RuntimeRecord, error)
+}
+
+// Renamer is the optional engine capability an image change uses to move
+// the old container aside; *engine.Docker has it. Without it the old
+// container is removed before the new one is created, and a failed change
+// cannot fall back to it.
+type Renamer interface {
+	RenameContainer(ctx context.Context, id, newName string) error
+}
+
+// Config configures an Executor.
+type Config struct {
+	// Records is read before any Docker call; required.
+	Records RecordReader
+	// StateRoot is the policy's state root, against which the state
+	// directory of an image change (taken from the record) is checked on
+	// the filesystem, as a start's is.
+	StateRoot string
+	// StateMountTarget is where the state directory appears in the
+	// engine container (default engine.DefaultStateMountTarget).
+	StateMountTarget string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Executor implements worker.Executor on an engine.
+type Executor struct {
+	eng     engine.Engine
+	intents *intent.Registry
+	cfg     Config
+	log     *slog.Logger
+}
+
+var _ worker.Executor = (*Executor)(nil)
+
+// New returns an executor on eng. intents may be nil (then the watcher
+// attributes nothing to jobs).
+func New(eng engine.Engine, intents *intent.Registry, cfg Config) *Executor {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Executor{eng: eng, intents: intents, cfg: cfg, log: log}
+}
+
+// Execute implements worker.Executor.
+func (e *Executor) Execute(ctx context.Context, t worker.Task) (worker.Result, error) {
+	if e.cfg.Records == nil {
+		return worker.Result{}, errors.New("executor: no record reader configured")
+	}
+	rec, err := e.record(ctx, t.Spec.GameID)
+	if err != nil {
+		return worker.Result{}, err
+	}
+	if rec != nil && rec.Status == runtime.StatusRemoved {
+		return worker.Result{}, fmt.Errorf("%s job for game %s: %w", t.Spec.Kind, t.Spec.GameID, runtime.ErrRemoved)
+	}
+	if rec != nil && rec.HostID != t.HostID {
+		return worker.Result{}, job.Permanent(fmt.Errorf("%s job for game %s: the game lives on host %q, not %q", t.Spec.Kind, t.Spec.GameID, rec.HostID, t.HostID))
+	}
+	switch t.Spec.Kind {
+	case job.KindStart:
+		return e.start(ctx, t, rec)
+	case job.KindChangeImage:
+		return e.changeImage(ctx, t, rec)
+	}
+	// The other kinds act on an existing game.
+	if rec == nil {
+		return worker.Result{}, job.Permanent(fmt.Errorf("%s job for game %s: %w", t.Spec.Kind, t.Spec.GameID, runtime.ErrNotFound))
+	}
+	switch t.Spec.Kind {
+	case job.KindStop:
+		return e.stop(ctx, t, *rec)
+	case job.KindRestart:
+		return e.restart(ctx, t, *rec)
+	case job.KindRemove:
+		return e.remove(ctx, t, *rec)
+	default:
+		return worker.Result{}, job.Permanent(fmt.Errorf("%w: %q", job.ErrUnknownKind, t.Spec.Kind))
+	}
+}
+
+// record returns the game's record, nil when it has none.
+func (e *Executor) record(ctx context.Context, gameID string) (*runtime.RuntimeRecord, error) {
+	rec, err := e.cfg.Records.GetRecord(ctx, gameID)
+	if errors.Is(err, runtime.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the record of game %s: %w", gameID, err)
+	}
+	return &rec, nil
+}
+
+func (e *Executor) expect(id string, a intent.Action, jobID int64) {
+	if e.intents != nil && id != "" {
+		e.intents.Expect(id, a, jobID)
+	}
+}
+
+// containerSpec is the engine container of a start or an image change.
+func (e *Executor) containerSpec(t worker.Task, image, mountSource string, env []string, l job.Limits) engine.ContainerSpec {
+	return engine.ContainerSpec{
+		GameID:           t.Spec.GameID,
+		HostID:           t.HostID,
+		JobID:            t.Job.ID,
+		Name:             runtime.ContainerName(t.Spec.GameID),
+		Image:            image,
+		Env:              env,
+		StatePath:        mountSource,
+		StateMountTarget: e.cfg.StateMountTarget,
+		Network:          t.Network,
+		MemoryBytes:      l.MemoryBytes,
+		NanoCPUs:         l.NanoCPUs,
+		PidsLimit:        l.PidsLimit,
+	}
+}
+
+// prepare ensures the network and the image.
+func (e *Executor) prepare(ctx context.Context, t worker.Task) error {
+	if t.Network != "" {
+		if err := e.eng.EnsureNetwork(ctx, t.Network); err != nil {
+			return fmt.Errorf("ensure network %s: %w", t.Network, err)
+		}
+	}
+	if err := e.eng.EnsureImage(ctx, t.Spec.ImageRef); err != nil {
+		return fmt.Errorf("ensure image %s is present (pull): %w", t.Spec.ImageRef, err)
+	}
+	return nil
+}
+
+// engineErr marks engine errors that no retry can fix as permanent: a
+// container squatting the game's name that is not ours, or ours for
+// another game.
+func engineErr(err error) error {
+	if errors.Is(err, engine.ErrNotManaged) || errors.Is(err, engine.ErrNameConflict) || errors.Is(err, engine.ErrInvalidSpec) {
+		return job.Permanent(err)
+	}
+	return err
+}
+
+func details(reason outbox.Reason, jobID int64) outbox.TransitionDetails {
+	return outbox.TransitionDetails{Reason: reason, JobID: jobID, RequestedByJob: true}
+}
+
+// start creates (or adopts) and starts the game's container.
+func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.RuntimeRecord) (worker.Result, error) {
+	g, image := t.Spec.GameID, t.Spec.ImageRef
+	if rec != nil && rec.Status == runtime.StatusRunning && rec.CurrentContainerID != "" {
+		c, err := e.eng.InspectContainer(ctx, rec.CurrentContainerID)
+		switch {
+		case err == nil && c.Running && c.Image == image:
+			// Already what was asked for: succeed without change.
+			return worker.Result{}, nil
+		case err == nil && c.Running:
+			return worker.Result{}, job.Permanent(fmt.Errorf("start game %s: it is running image %s, not %s; use an image change", g, c.Image, image))
+		case err != nil && !errors.Is(err, engine.ErrNotFound):
+			return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
+		}
+	}
+	mount, err := ensureStateDir(e.cfg.StateRoot, t.Spec.StatePath)
+	if err != nil {
+		return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
+	}
+	if err := e.prepare(ctx, t); err != nil {
+		return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
+	}
+	spec := e.containerSpec(t, image, mount, t.Spec.Env, t.Spec.Limits)
+	c, err := e.eng.CreateContainer(ctx, spec)
+	if err != nil {
+		return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
+	}
+	if c.Image != image {
+		// An old container of this game (stopped, another image) holds
+		// the name. Starting it would run the wrong image: replace it.
+		if c.Running {
+			return worker.Result{}, job.Permanent(fmt.Errorf("start game %s: container %s runs image %s, not %s; use an image change", g, c.ID, c.Image, image))
+		}
+		e.expect(c.ID, intent.Remove, t.Job.ID)
+		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
+			return worker.Result{Containers: []string{c.ID}}, fmt.Errorf("start game %s: replace its stopped container of image %s: %w", g, c.Image, engineErr(err))
+		}
+		old := c.ID
+		if c, err = e.eng.CreateContainer(ctx, spec); err != nil {
+			return worker.Result{Containers: []string{old}}, fmt.Errorf("start game %s: %w", g, engineErr(err))
+		}
+	}
+	res := worker.Result{Containers: []string{c.ID}}
+	e.expect(c.ID, intent.Start, t.Job.ID)
+	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
+		return res, fmt.Errorf("start game %s: %w", g, engineErr(err))
+	}
+	placement := runtime.Placement{
+		GameID: g, HostID: t.HostID, EngineEndpoint: runtime.EngineEndpointFor(g),
+		StatePath: t.Spec.StatePath, DockerNetwork: t.Network,
+	}
+	id, jobID := c.ID, t.Job.ID
+	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		d := details(outbox.ReasonJobStart, jobID)
+		if cur == nil {
+			r, err := runtime.Create(placement, id, image, at)
+			return r, d, err
+		}
+		if cur.Status == runtime.StatusRunning && cur.CurrentContainerID != id {
+			// The record's container is gone (checked above) and events
+			// have not told yet: the new container replaces it.
+			r, err := cur.ChangeImage(id, image, at)
+			return r, d, err
+		}
+		r, err := cur.Start(id, image, at)
+		return r, d, err
+	}
+	return res, nil
+}
+
+// stop stops the game's container gracefully.
+func (e *Executor) stop(ctx context.Context, t worker.Task, rec runtime.RuntimeRecord) (worker.Result, error) {
+	g, id := t.Spec.GameID, rec.CurrentContainerID
+	if id == "" {
+		return worker.Result{}, job.Permanent(fmt.Errorf("stop game %s: the record names no container", g))
+	}
+	res := worker.Result{Containers: []string{id}}
+	e.expect(id, intent.Stop, t.Job.ID)
+	err := e.eng.StopContainer(ctx, id, t.Spec.StopTimeout)
+	if errors.Is(err, engine.ErrNotFound) {
+		res.Record = disposed(id, t.Job.ID)
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("stop game %s: %w", g, engineErr(err))
+	}
+	c, err := e.eng.InspectContainer(ctx, id)
+	if err != nil {
+		return res, fmt.Errorf("stop game %s: read the exit code: %w", g, engineErr(err))
+	}
+	code, jobID := c.ExitCode, t.Job.ID
+	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		if cur == nil {
+			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("stop game %s: %w", g, runtime.ErrNotFound)
+		}
+		d := details(outbox.ReasonJobStop, jobID)
+		d.ExitCode = &code
+		r, err := cur.Stop(id, at)
+		return r, d, err
+	}
+	return res, nil
+}
+
+// disposed is the decision for a job that finds the record's container
+// gone: the record says so (removed), which is the truth the reconciler
+// would also write.
+func disposed(id string, jobID int64) db.Decision {
+	return func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		if cur == nil {
+			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, runtime.ErrNotFound
+		}
+		r, err := cur.Remove(id, at)
+		return r, outbox.TransitionDetails{Reason: outbox.ReasonReconcileDispose, JobID: jobID, RequestedByJob: true}, err
+	}
+}
+
+// restart restarts the game's container (the same container).
+func (e *Executor) restart(ctx context.Context, t worker.Task, rec runtime.RuntimeRecord) (worker.Result, error) {
+	g, id := t.Spec.GameID, rec.CurrentContainerID
+	if id == "" {
+		return worker.Result{}, job.Permanent(fmt.Errorf("restart game %s: the record names no container", g))
+	}
+	res := worker.Result{Containers: []string{id}}
+	e.expect(id, intent.Restart, t.Job.ID)
+	if err := e.eng.RestartContainer(ctx, id, t.Spec.StopTimeout); err != nil {
+		if errors.Is(err, engine.ErrNotFound) {
+			return res, job.Permanent(fmt.Errorf("restart game %s: its container %s is gone; start the game instead: %w", g, id, err))
+		}
+		return res, fmt.Errorf("restart game %s: %w", g, engineErr(err))
+	}
+	jobID := t.Job.ID
+	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		if cur == nil {
+			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("restart game %s: %w", g, runtime.ErrNotFound)
+		}
+		r, err := cur.Start(id, cur.CurrentImageRef, at)
+		return r, details(outbox.ReasonJobRestart, jobID), err
+	}
+	return res, nil
+}
+
+// remove force-removes the game's container; the state directory stays.
+func (e *Executor) remove(ctx context.Context, t worker.Task, rec runtime.RuntimeRecord) (worker.Result, error) {
+	g, id := t.Spec.GameID, rec.CurrentContainerID
+	var res worker.Result
+	if id != "" {
+		res.Containers = []string{id}
+		e.expect(id, intent.Remove, t.Job.ID)
+		if err := e.eng.RemoveContainer(ctx, id); err != nil {
+			return res, fmt.Errorf("remove game %s: %w", g, engineErr(err))
+		}
+	}
+	// A container of ours under the game's name that the record does not
+	// name (an earlier attempt's leftover) goes too.
+	if c, err := e.eng.InspectContainer(ctx, runtime.ContainerName(g)); err == nil && c.GameID == g {
+		res.Containers = append(res.Containers, c.ID)
+		e.expect(c.ID, intent.Remove, t.Job.ID)
+		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
+			return res, fmt.Errorf("remove game %s: %w", g, engineErr(err))
+		}
+	}
+	jobID := t.Job.ID
+	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		if cur == nil {
+			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("remove game %s: %w", g, runtime.ErrNotFound)
+		}
+		r, err := cur.Remove("", at)
+		return r, details(outbox.ReasonJobRemove, jobID), err
+	}
+	return res, nil
+}
+
+// asideName is the name the old container of an image change is moved to.
+func asideName(gameID string, jobID int64) string {
+	return runtime.ContainerName(gameID) + "-old-" + strconv.FormatInt(jobID, 10)
+}

@@ -1,0 +1,51 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// metrics are the worker's OpenTelemetry instruments, from the global
+// meter: no-ops until the agent configures a meter provider, so the
+// worker records unconditionally.
+type metrics struct {
+	claimedC  metric.Int64Counter
+	outcomeC  metric.Int64Counter
+	durationH metric.Float64Histogram
+	pickupH   metric.Float64Histogram
+}
+
+func newMetrics() *metrics {
+	m := otel.Meter("github.com/galaxy/rtmanager/agent/worker")
+	// Instrument constructors only fail on invalid names or options,
+	// which are constants here; they still return usable no-ops.
+	claimed, _ := m.Int64Counter("rtm.worker.jobs.claimed",
+		metric.WithDescription("Jobs claimed by this agent, by kind."), metric.WithUnit("{job}"))
+	outcome, _ := m.Int64Counter("rtm.worker.jobs.outcome",
+		metric.WithDescription("Job attempts ended, by kind and outcome (succeeded, failed, cancelled, retried)."), metric.WithUnit("{job}"))
+	duration, _ := m.Float64Histogram("rtm.worker.job.duration",
+		metric.WithDescription("Time from claim to outcome of one attempt."), metric.WithUnit("s"))
+	pickup, _ := m.Float64Histogram("rtm.worker.job.pickup_latency",
+		metric.WithDescription("Time from a job being due to its claim, on the database's clock."), metric.WithUnit("s"))
+	return &metrics{claimedC: claimed, outcomeC: outcome, durationH: duration, pickupH: pickup}
+}
+
+func (m *metrics) claimed(kind string) {
+	m.claimedC.Add(context.Background(), 1, metric.WithAttributes(attribute.String("kind", kind)))
+}
+
+func (m *metrics) outcome(kind, outcome string) {
+	m.outcomeC.Add(context.Background(), 1, metric.WithAttributes(attribute.String("kind", kind), attribute.String("outcome", outcome)))
+}
+
+func (m *metrics) duration(kind string, d time.Duration) {
+	m.durationH.Record(context.Background(), d.Seconds(), metric.WithAttributes(attribute.String("kind", kind)))
+}
+
+func (m *metrics) pickup(kind string, d time.Duration) {
+	m.pickupH.Record(context.Background(), max(d, 0).Seconds(), metric.WithAttributes(attribute.String("kind", kind)))
+}

@@ -1,0 +1,513 @@
+// Package worker runs the lifecycle jobs of one host from the PostgreSQL
+// job table: it claims them (FOR UPDATE SKIP LOCKED, per-game FIFO), holds
+// a lease on each while it runs and renews it, retries failures with
+// exponential backoff and jitter, honours cancel requests, and records
+// every outcome (with the record's transition and the outbox event) in
+// one transaction.
+//
+// Delivery is at least once: a job whose agent died is requeued once its
+// lease expires and runs again, so the Executor's operations must be
+// idempotent. The lease is what keeps a job from running on two agents at
+// once: an agent that cannot renew a lease in time interrupts the job
+// before the lease can expire and be claimed by someone else.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/galaxy/rtmanager/agent/intent"
+	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/job"
+)
+
+// Task is one attempt of a validated job, as an Executor sees it.
+type Task struct {
+	// Job is the claimed row (Attempt counts this attempt).
+	Job db.Job
+	// Spec is the job as job.Decode accepted it under the worker's policy.
+	Spec job.Spec
+	// HostID and Network are the worker's: where the engine runs and the
+	// Docker network it joins. They come from the worker's configuration
+	// so that the agent has one source of truth for them.
+	HostID  string
+	Network string
+}
+
+// Result is what a successful (or partly successful) attempt produced.
+type Result struct {
+	// Record is the record transition the work caused; the worker commits
+	// it with the job's final state, or nothing at all. Nil: no change.
+	Record db.Decision
+	// AfterCommit, when set, runs once the succeeded outcome (and Record)
+	// has committed. An image change removes the old container here: only
+	// when the record names the new one is the old one's destroy event
+	// stale for the watcher.
+	AfterCommit func(ctx context.Context) error
+	// Containers are the ids the executor registered intents for; the
+	// worker forgets them once the outcome is recorded, so the watcher
+	// still attributes the events that arrive meanwhile to the job.
+	Containers []string
+}
+
+// Executor performs the work of one job attempt. An error is retried
+// unless job.IsPermanent says otherwise; ctx is cancelled (with a cause
+// the worker inspects) when the lease is lost, a cancel is requested, or
+// the drain deadline passes.
+type Executor interface {
+	Execute(ctx context.Context, t Task) (Result, error)
+}
+
+// ExecutorFunc adapts a function to Executor.
+type ExecutorFunc func(ctx context.Context, t Task) (Result, error)
+
+// Execute implements Executor.
+func (f ExecutorFunc) Execute(ctx context.Context, t Task) (Result, error) { return f(ctx, t) }
+
+// Noop is an executor that does nothing and succeeds, for benchmarks of the
+// queue itself.
+var Noop Executor = ExecutorFunc(func(context.Context, Task) (Result, error) { return Result{}, nil })
+
+// Config configures a Worker. Zero durations take the defaults noted.
+type Config struct {
+	// HostID is the host whose jobs this worker runs; required.
+	HostID string
+	// Owner names this agent process in lease_owner; required and unique
+	// per process, so that a restarted agent does not mistake the leases
+	// of its predecessor for its own.
+	Owner string
+	// Concurrency bounds the jobs run at once (default 4). Jobs of one
+	// game never run at once whatever this is.
+	Concurrency int
+	// LeaseDuration is how long a claim is valid without renewal
+	// (default 30s); LeaseRenewInterval how often it is renewed (default
+	// a third of it). A dead agent's jobs rerun after at most
+	// LeaseDuration plus RescueInterval.
+	LeaseDuration, LeaseRenewInterval time.Duration
+	// PollInterval is how often the queue is polled when no wake-up came
+	// (default 1s; with UseListen it is only a safety net).
+	PollInterval time.Duration
+	// UseListen wakes the worker on insert through LISTEN rtm_jobs. It
+	// needs a session connection: set it false behind a transaction pooler
+	// such as PgBouncer in transaction mode, and rely on polling.
+	UseListen bool
+	// Policy validates every job before it reaches the executor.
+	Policy job.Policy
+	// Network is the Docker network engines join; passed in Task.
+	Network string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+
+	// DrainTimeout bounds how long Run waits, once its context is done,
+	// for running jobs to finish; then they are interrupted and released
+	// to the queue without using up an attempt (default 30s).
+	DrainTimeout time.Duration
+	// RescueInterval is how often the host's expired leases are requeued
+	// (default LeaseDuration). Run also does it once at start, which is
+	// what brings a restarted agent's interrupted jobs back.
+	RescueInterval time.Duration
+	// RetryBaseDelay and RetryMaxDelay shape the backoff between attempts:
+	// base·2^(attempt-1), capped at max, with jitter in its upper half
+	// (defaults 1s and 5m).
+	RetryBaseDelay, RetryMaxDelay time.Duration
+	// MaxAttempts returns the attempts of a job whose max_attempts is 0
+	// (default job.DefaultMaxAttempts).
+	MaxAttempts func(job.Kind) int
+}
+
+func (c *Config) applyDefaults() error {
+	if c.HostID == "" || c.Owner == "" {
+		return errors.New("worker: HostID and Owner are required")
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 4
+	}
+	if c.LeaseDuration <= 0 {
+		c.LeaseDuration = 30 * time.Second
+	}
+	if c.LeaseRenewInterval <= 0 {
+		c.LeaseRenewInterval = c.LeaseDuration / 3
+	}
+	if c.LeaseRenewInterval >= c.LeaseDuration {
+		return fmt.Errorf("worker: lease renew interval %s must be shorter than the lease %s", c.LeaseRenewInterval, c.LeaseDuration)
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.RescueInterval <= 0 {
+		c.RescueInterval = c.LeaseDuration
+	}
+	if c.RetryBaseDelay <= 0 {
+		c.RetryBaseDelay = time.Second
+	}
+	if c.RetryMaxDelay <= 0 {
+		c.RetryMaxDelay = 5 * time.Minute
+	}
+	if c.MaxAttempts == nil {
+		c.MaxAttempts = job.DefaultMaxAttempts
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Stats are counters since New, for tests and metrics.
+type Stats struct {
+	Claimed, Succeeded, Failed, Cancelled, Retried int64
+	// Released: given back to the queue at shutdown.
+	Released int64
+	// LeaseLost: interrupted or dropped because the lease was no longer
+	// ours.
+	LeaseLost int64
+	// Requeued: expired leases (of dead agents) this worker requeued.
+	Requeued int64
+	// Wakeups: notifications for this host received through LISTEN.
+	Wakeups int64
+}
+
+// Causes of a job context's cancellation.
+var (
+	errLeaseLost       = errors.New("job lease lost")
+	errCancelRequested = errors.New("job cancel requested")
+	errDraining        = errors.New("agent shutting down: drain deadline passed")
+)
+
+// Worker claims and runs the jobs of one host. Create it with New.
+type Worker struct {
+	store   *db.Store
+	exec    Executor
+	intents *intent.Registry
+	cfg     Config
+	cfgErr  error
+	log     *slog.Logger
+	metrics *metrics
+
+	wake chan struct{}
+
+	mu       sync.Mutex
+	inflight map[int64]*running
+	wg       sync.WaitGroup
+
+	claimed, succeeded, failed, cancelled, retried atomic.Int64
+	released, leaseLost, requeued, wakeups         atomic.Int64
+	listening                                      atomic.Bool
+}
+
+// running is one job in flight.
+type running struct {
+	job    db.Job
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	// leaseUntil is a conservative local estimate of the lease's expiry:
+	// taken from the time the renewal was sent, not when it returned.
+	leaseUntil time.Time // guarded by Worker.mu
+	finishing  atomic.Bool
+	// lastFinishErr is the refused record transition of a success, for
+	// runJob (same goroutine).
+	lastFinishErr error
+}
+
+// New returns a worker; Run starts it. intents may be nil.
+func New(store *db.Store, exec Executor, intents *intent.Registry, cfg Config) *Worker {
+	err := cfg.applyDefaults()
+	w := &Worker{
+		store: store, exec: exec, intents: intents, cfg: cfg, cfgErr: err,
+		log:      cfg.Logger,
+		metrics:  newMetrics(),
+		wake:     make(chan struct{}, 1),
+		inflight: map[int64]*running{},
+	}
+	if w.log == nil {
+		w.log = slog.Default()
+	}
+	return w
+}
+
+// Stats returns the counters.
+func (w *Worker) Stats() Stats {
+	return Stats{
+		Claimed: w.claimed.Load(), Succeeded: w.succeeded.Load(), Failed: w.failed.Load(),
+		Cancelled: w.cancelled.Load(), Retried: w.retried.Load(), Released: w.released.Load(),
+		LeaseLost: w.leaseLost.Load(), Requeued: w.requeued.Load(), Wakeups: w.wakeups.Load(),
+	}
+}
+
+// Listening reports whether the LISTEN connection is up, so that callers
+// (health checks, tests) know wake-ups arrive without polling.
+func (w *Worker) Listening() bool { return w.listening.Load() }
+
+// signal wakes the claim loop; it never blocks.
+func (w *Worker) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run claims and runs jobs until ctx is done, then drains: it stops
+// claiming, lets running jobs finish for up to DrainTimeout, interrupts
+// and releases the rest, and returns nil. It returns an error only for a
+// configuration it cannot run with.
+func (w *Worker) Run(ctx context.Context) error {
+	if w.cfgErr != nil {
+		return w.cfgErr
+	}
+	if w.exec == nil || w.store == nil {
+		return errors.New("worker: store and executor are required")
+	}
+	cfg := w.cfg
+	w.log.Info("job worker started", "host_id", cfg.HostID, "owner", cfg.Owner, "concurrency", cfg.Concurrency,
+		"lease", cfg.LeaseDuration, "poll_interval", cfg.PollInterval, "listen", cfg.UseListen)
+
+	// Leases and finishes outlive ctx: the drain needs them.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	var bgWG sync.WaitGroup
+	bgWG.Add(1)
+	go func() { defer bgWG.Done(); w.renewLeases(bg) }()
+	if cfg.UseListen {
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); w.listen(ctx) }()
+	}
+
+	w.rescue(ctx)
+	poll := time.NewTicker(cfg.PollInterval)
+	defer poll.Stop()
+	rescue := time.NewTicker(cfg.RescueInterval)
+	defer rescue.Stop()
+	for ctx.Err() == nil {
+		w.claim(ctx)
+		select {
+		case <-ctx.Done():
+		case <-w.wake:
+		case <-poll.C:
+		case <-rescue.C:
+			w.rescue(ctx)
+		}
+	}
+
+	w.drain()
+	stopBG()
+	bgWG.Wait()
+	w.log.Info("job worker stopped", "host_id", cfg.HostID, "owner", cfg.Owner)
+	return nil
+}
+
+// claim fills the free slots. When every slot was filled more jobs may be
+// due, so it wakes the loop again; otherwise the queue has nothing due
+// and the loop waits for a notification, a finish or the poll.
+func (w *Worker) claim(ctx context.Context) {
+	w.mu.Lock()
+	free := w.cfg.Concurrency - len(w.inflight)
+	w.mu.Unlock()
+	if free <= 0 {
+		return
+	}
+	sent := time.Now()
+	jobs, err := w.store.ClaimJobs(ctx, w.cfg.HostID, w.cfg.Owner, free, w.cfg.LeaseDuration)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("claiming jobs failed; retrying at the next poll", "host_id", w.cfg.HostID, "err", err)
+		}
+		return
+	}
+	for _, j := range jobs {
+		w.start(j, sent)
+	}
+	if len(jobs) == free {
+		// There may be more due jobs: look again without waiting.
+		w.signal()
+	}
+}
+
+// start registers a claimed job and runs it on its own goroutine.
+func (w *Worker) start(j db.Job, sent time.Time) {
+	w.claimed.Add(1)
+	kind := kindAttr(j.Kind)
+	w.metrics.claimed(kind)
+	if j.StartedAt != nil {
+		w.metrics.pickup(kind, j.StartedAt.Sub(j.RunAfter))
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	r := &running{job: j, ctx: ctx, cancel: cancel, leaseUntil: sent.Add(w.cfg.LeaseDuration)}
+	w.mu.Lock()
+	w.inflight[j.ID] = r
+	w.mu.Unlock()
+	w.wg.Add(1)
+	go func() {
+		defer func() {
+			cancel(nil)
+			w.mu.Lock()
+			delete(w.inflight, j.ID)
+			w.mu.Unlock()
+			w.wg.Done()
+			// A slot is free, and the game's next job may now be due.
+			w.signal()
+		}()
+		w.runJob(r)
+	}()
+}
+
+// rescue requeues the host's jobs whose lease expired.
+func (w *Worker) rescue(ctx context.Context) {
+	ids, err := w.store.RequeueExpiredLeases(ctx, w.cfg.HostID)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("requeueing expired leases failed", "host_id", w.cfg.HostID, "err", err)
+		}
+		return
+	}
+	if len(ids) > 0 {
+		w.requeued.Add(int64(len(ids)))
+		w.log.Warn("requeued jobs whose lease expired (their agent stopped renewing)", "host_id", w.cfg.HostID, "job_ids", ids)
+		w.signal()
+	}
+}
+
+// drain waits for running jobs, then interrupts the rest so they release
+// their leases.
+func (w *Worker) drain() {
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	timer := time.NewTimer(w.cfg.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	}
+	w.mu.Lock()
+	n := len(w.inflight)
+	for _, r := range w.inflight {
+		r.cancel(errDraining)
+	}
+	w.mu.Unlock()
+	w.log.Warn("drain deadline passed; interrupting running jobs and giving them back to the queue", "jobs", n)
+	<-done
+}
+
+// renewLeases extends the leases of running jobs every LeaseRenewInterval
+// and interrupts jobs whose lease is lost, whose cancel was requested, or
+// whose lease may have expired because renewals failed.
+func (w *Worker) renewLeases(ctx context.Context) {
+	tick := time.NewTicker(w.cfg.LeaseRenewInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		w.mu.Lock()
+		ids := make([]int64, 0, len(w.inflight))
+		for id, r := range w.inflight {
+			if !r.finishing.Load() {
+				ids = append(ids, id)
+			}
+		}
+		w.mu.Unlock()
+		if len(ids) == 0 {
+			continue
+		}
+		sent := time.Now()
+		held, err := w.store.ExtendLeases(ctx, w.cfg.Owner, ids, w.cfg.LeaseDuration)
+		w.mu.Lock()
+		for _, id := range ids {
+			r, ok := w.inflight[id]
+			if !ok || r.finishing.Load() {
+				continue
+			}
+			switch cancelRequested, stillHeld := held[id]; {
+			case err != nil:
+				if time.Now().After(r.leaseUntil) {
+					w.loseLease(r, fmt.Sprintf("could not renew the lease before it expired: %v", err))
+				}
+			case !stillHeld:
+				w.loseLease(r, "the job is no longer running under this agent's lease")
+			default:
+				r.leaseUntil = sent.Add(w.cfg.LeaseDuration)
+				if cancelRequested && context.Cause(r.ctx) == nil {
+					w.log.Info("cancel requested for running job; interrupting it", "job_id", id, "game_id", r.job.GameID)
+					r.cancel(errCancelRequested)
+				}
+			}
+		}
+		w.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			w.log.Warn("renewing job leases failed", "owner", w.cfg.Owner, "jobs", len(ids), "err", err)
+		}
+	}
+}
+
+// loseLease interrupts a job whose lease is gone. The caller holds w.mu.
+func (w *Worker) loseLease(r *running, why string) {
+	if errors.Is(context.Cause(r.ctx), errLeaseLost) {
+		return
+	}
+	w.leaseLost.Add(1)
+	w.log.Warn("lost the lease of a running job; interrupting it", "job_id", r.job.ID, "game_id", r.job.GameID, "why", why)
+	r.cancel(errLeaseLost)
+}
+
+// listen keeps a session connection with LISTEN rtm_jobs and wakes the
+// claim loop on notifications for this host. It reconnects with backoff;
+// polling covers the gaps.
+func (w *Worker) listen(ctx context.Context) {
+	delay := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := w.listenOnce(ctx)
+		w.listening.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		w.log.Warn("job notifications interrupted; polling until reconnected", "retry_in", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
+
+func (w *Worker) listenOnce(ctx context.Context) error {
+	// A connection of its own, not one of the pool: it is held for as long
+	// as the agent runs and must not shrink the pool.
+	conn, err := pgx.ConnectConfig(ctx, w.store.Pool().Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("connect for LISTEN: %w", err)
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN rtm_jobs"); err != nil {
+		return fmt.Errorf("LISTEN rtm_jobs: %w", err)
+	}
+	w.listening.Store(true)
+	// Jobs inserted while we were not listening sent their notification
+	// to nobody: look once.
+	w.signal()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return fmt.Errorf("wait for job notification: %w", err)
+		}
+		if n.Payload == w.cfg.HostID {
+			w.wakeups.Add(1)
+			w.signal()
+		}
+	}
+}

@@ -1,0 +1,497 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/galaxy/rtmanager/agent/worker"
+	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/domain/outbox"
+	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
+	"github.com/galaxy/rtmanager/internal/testutil/wait"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+const hostID = "host-w"
+
+func newStore(t testing.TB) *db.Store {
+	t.Helper()
+	return db.NewStore(pgtest.Pool(t), nil)
+}
+
+// testConfig is fast: short leases and polls, millisecond retries.
+func testConfig(owner string) worker.Config {
+	p := job.DefaultPolicy()
+	p.StateRoot = "/srv/state"
+	return worker.Config{
+		HostID: hostID, Owner: owner, Concurrency: 4,
+		LeaseDuration: 2 * time.Second, LeaseRenewInterval: 100 * time.Millisecond,
+		PollInterval: 50 * time.Millisecond, UseListen: true, Policy: p,
+		RetryBaseDelay: time.Millisecond, RetryMaxDelay: 10 * time.Millisecond,
+		DrainTimeout: 5 * time.Second,
+	}
+}
+
+// startWorker runs w until the test ends (or stop is called) and checks
+// that Run returns nil.
+func startWorker(t testing.TB, w *worker.Worker) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("Run did not return after its context ended")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// insert enqueues a job with plain SQL, as the Game Master does.
+func insert(t testing.TB, s *db.Store, gameID, kind, payload string, maxAttempts int) int64 {
+	t.Helper()
+	var id int64
+	err := s.Pool().QueryRow(context.Background(),
+		`INSERT INTO jobs (host_id, game_id, kind, payload, max_attempts) VALUES ($1, $2, $3, $4::jsonb, $5) RETURNING id`,
+		hostID, gameID, kind, payload, maxAttempts).Scan(&id)
+	if err != nil {
+		t.Fatalf("insert job: %v", err)
+	}
+	return id
+}
+
+func waitStatus(t testing.TB, s *db.Store, id int64, want job.Status) db.Job {
+	t.Helper()
+	var j db.Job
+	wait.For(t, 30*time.Second, fmt.Sprintf("job %d %s", id, want), func() bool {
+		var err error
+		if j, err = s.GetJob(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		return j.Status == want
+	})
+	return j
+}
+
+// outcomeEvents returns the job outcome events of job id.
+func outcomeEvents(t testing.TB, s *db.Store, id int64) []outbox.Type {
+	t.Helper()
+	var types []outbox.Type
+	rows, err := s.Pool().Query(context.Background(), `SELECT type FROM outbox WHERE job_id = $1 ORDER BY id`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var typ string
+		if err := rows.Scan(&typ); err != nil {
+			t.Fatal(err)
+		}
+		types = append(types, outbox.Type(typ))
+	}
+	return types
+}
+
+func TestSucceedsAndAppendsOutcomeEvent(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	var calls atomic.Int64
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		calls.Add(1)
+		if task.Spec.Kind != job.KindStop || task.HostID != hostID || task.Network != "galaxy" {
+			return worker.Result{}, job.Permanent(fmt.Errorf("unexpected task %+v", task))
+		}
+		return worker.Result{}, nil
+	})
+	cfg := testConfig("owner-1")
+	cfg.Network = "galaxy"
+	w := worker.New(s, exec, nil, cfg)
+	startWorker(t, w)
+	id := insert(t, s, "g1", "stop", `{"timeout_seconds": 3}`, 0)
+	j := waitStatus(t, s, id, job.StatusSucceeded)
+	if j.Attempt != 1 || j.LeaseOwner != "" || j.FinishedAt == nil || calls.Load() != 1 {
+		t.Fatalf("job %+v, calls %d", j, calls.Load())
+	}
+	if got := outcomeEvents(t, s, id); len(got) != 1 || got[0] != outbox.TypeJobSucceeded {
+		t.Fatalf("outcome events %v", got)
+	}
+}
+
+func TestRetriesTransientErrorsThenSucceeds(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	var calls atomic.Int64
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		if calls.Add(1) < 3 {
+			return worker.Result{}, errors.New("daemon busy")
+		}
+		return worker.Result{}, nil
+	})
+	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	startWorker(t, w)
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	j := waitStatus(t, s, id, job.StatusSucceeded)
+	if j.Attempt != 3 || calls.Load() != 3 {
+		t.Fatalf("attempt %d, calls %d", j.Attempt, calls.Load())
+	}
+	if st := w.Stats(); st.Retried != 2 || st.Succeeded != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if got := outcomeEvents(t, s, id); len(got) != 1 || got[0] != outbox.TypeJobSucceeded {
+		t.Fatalf("outcome events %v (retries must not emit outcomes)", got)
+	}
+}
+
+func TestFailsAfterMaxAttempts(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		return worker.Result{}, errors.New("daemon busy")
+	})
+	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	startWorker(t, w)
+	id := insert(t, s, "g1", "stop", `{}`, 2)
+	j := waitStatus(t, s, id, job.StatusFailed)
+	if j.Attempt != 2 || j.LastError != "attempt 2 of 2: daemon busy" {
+		t.Fatalf("job %+v", j)
+	}
+	if got := outcomeEvents(t, s, id); len(got) != 1 || got[0] != outbox.TypeJobFailed {
+		t.Fatalf("outcome events %v", got)
+	}
+}
+
+func TestPermanentErrorsFailAtOnce(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	var calls atomic.Int64
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		calls.Add(1)
+		return worker.Result{}, job.Permanent(errors.New("foreign container squats the name"))
+	})
+	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	startWorker(t, w)
+	cases := []struct{ game, kind, payload, want string }{
+		{"g1", "explode", `{}`, "unknown job kind"},
+		{"g2", "stop", `{"timeout_seconds": "soon"}`, "invalid job payload"},
+		{"g3", "stop", `{"bogus": 1}`, "invalid job payload"},
+		{"../etc", "stop", `{}`, "invalid game id"},
+		{"g4", "remove", `{}`, "foreign container squats the name"},
+	}
+	for _, c := range cases {
+		id := insert(t, s, c.game, c.kind, c.payload, 0)
+		j := waitStatus(t, s, id, job.StatusFailed)
+		if j.Attempt != 1 || !contains(j.LastError, c.want) {
+			t.Errorf("%s/%s: attempt %d, error %q; want one attempt and %q", c.game, c.kind, j.Attempt, j.LastError, c.want)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("executor called %d times; only the valid job may reach it", calls.Load())
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestCancelQueuedJob(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := insert(t, s, "g1", "stop", `{}`, 0) // no worker runs
+	j, err := s.CancelJob(context.Background(), id)
+	if err != nil || j.Status != job.StatusCancelled {
+		t.Fatalf("cancel: %+v, %v", j, err)
+	}
+	if got := outcomeEvents(t, s, id); len(got) != 1 || got[0] != outbox.TypeJobCancelled {
+		t.Fatalf("outcome events %v", got)
+	}
+	if _, err := s.CancelJob(context.Background(), id); !errors.Is(err, db.ErrJobFinished) {
+		t.Fatalf("second cancel: %v, want ErrJobFinished", err)
+	}
+	if _, err := s.CancelJob(context.Background(), 999999); !errors.Is(err, db.ErrJobNotFound) {
+		t.Fatalf("cancel of unknown job: %v", err)
+	}
+}
+
+// blockingExec blocks every attempt until its context ends and reports the
+// cause through started/ended.
+type blockingExec struct {
+	started chan int64
+	causes  chan error
+}
+
+func newBlockingExec() *blockingExec {
+	return &blockingExec{started: make(chan int64, 16), causes: make(chan error, 16)}
+}
+
+func (b *blockingExec) Execute(ctx context.Context, t worker.Task) (worker.Result, error) {
+	b.started <- t.Job.ID
+	<-ctx.Done()
+	b.causes <- context.Cause(ctx)
+	return worker.Result{}, ctx.Err()
+}
+
+func TestCancelRunningJob(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	exec := newBlockingExec()
+	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	startWorker(t, w)
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	<-exec.started
+	j, err := s.CancelJob(context.Background(), id)
+	if err != nil || j.Status != job.StatusRunning || j.CancelRequestedAt == nil {
+		t.Fatalf("cancel request: %+v, %v", j, err)
+	}
+	j = waitStatus(t, s, id, job.StatusCancelled)
+	if !contains(j.LastError, "cancelled while running") {
+		t.Fatalf("last error %q", j.LastError)
+	}
+	if got := outcomeEvents(t, s, id); len(got) != 1 || got[0] != outbox.TypeJobCancelled {
+		t.Fatalf("outcome events %v", got)
+	}
+}
+
+func TestLostLeaseInterruptsWithoutWriting(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	exec := newBlockingExec()
+	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	startWorker(t, w)
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	<-exec.started
+	// Another agent took the job over (as after a long pause of ours).
+	if _, err := s.Pool().Exec(context.Background(), `UPDATE jobs SET lease_owner = 'owner-2' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if cause := <-exec.causes; cause == nil || !contains(cause.Error(), "lease lost") {
+		t.Fatalf("cause %v", cause)
+	}
+	wait.For(t, 10*time.Second, "lease lost counted", func() bool { return w.Stats().LeaseLost == 1 })
+	j, _ := s.GetJob(context.Background(), id)
+	if j.Status != job.StatusRunning || j.LeaseOwner != "owner-2" {
+		t.Fatalf("job %+v: the worker must leave a job it lost alone", j)
+	}
+}
+
+func TestRestartedAgentRequeuesExpiredLease(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	// A dead agent claimed it; its lease ran out.
+	if _, err := s.Pool().Exec(context.Background(),
+		`UPDATE jobs SET status = 'running', attempt = 1, lease_owner = 'dead', lease_expires_at = now() - interval '1 second', started_at = now() WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	w := worker.New(s, worker.Noop, nil, testConfig("owner-1"))
+	startWorker(t, w)
+	j := waitStatus(t, s, id, job.StatusSucceeded)
+	if j.Attempt != 2 || w.Stats().Requeued != 1 {
+		t.Fatalf("job %+v, stats %+v", j, w.Stats())
+	}
+}
+
+func TestJobThatKillsItsAgentFailsAfterMaxAttempts(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := insert(t, s, "g1", "stop", `{}`, 2)
+	if _, err := s.Pool().Exec(context.Background(),
+		`UPDATE jobs SET status = 'running', attempt = 2, lease_owner = 'dead', lease_expires_at = now() - interval '1 second', started_at = now() WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int64
+	w := worker.New(s, worker.ExecutorFunc(func(context.Context, worker.Task) (worker.Result, error) {
+		calls.Add(1)
+		return worker.Result{}, nil
+	}), nil, testConfig("owner-1"))
+	startWorker(t, w)
+	j := waitStatus(t, s, id, job.StatusFailed)
+	if calls.Load() != 0 || !contains(j.LastError, "out of attempts") {
+		t.Fatalf("calls %d, job %+v", calls.Load(), j)
+	}
+}
+
+func TestDrainReleasesUnfinishedJobs(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	exec := newBlockingExec()
+	cfg := testConfig("owner-1")
+	cfg.DrainTimeout = 50 * time.Millisecond
+	w := worker.New(s, exec, nil, cfg)
+	stop := startWorker(t, w)
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	<-exec.started
+	stop()
+	j, err := s.GetJob(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Status != job.StatusQueued || j.Attempt != 0 || j.LeaseOwner != "" || w.Stats().Released != 1 {
+		t.Fatalf("job %+v, stats %+v: a drained job goes back to the queue without using an attempt", j, w.Stats())
+	}
+}
+
+func TestDrainLetsRunningJobsFinish(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		started <- struct{}{}
+		<-release
+		return worker.Result{}, nil
+	})
+	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	stop := startWorker(t, w)
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	<-started
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	close(release) // the job finishes while (or just before) Run drains
+	<-stopped
+	if j, _ := s.GetJob(context.Background(), id); j.Status != job.StatusSucceeded {
+		t.Fatalf("job %+v", j)
+	}
+}
+
+func TestWakesOnNotifyWithoutPolling(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	cfg := testConfig("owner-1")
+	cfg.PollInterval = time.Hour
+	w := worker.New(s, worker.Noop, nil, cfg)
+	startWorker(t, w)
+	wait.For(t, 10*time.Second, "LISTEN connection", w.Listening)
+	for i := range 3 {
+		id := insert(t, s, fmt.Sprintf("g%d", i), "stop", `{}`, 0)
+		waitStatus(t, s, id, job.StatusSucceeded)
+	}
+	if w.Stats().Wakeups < 3 {
+		t.Fatalf("stats %+v", w.Stats())
+	}
+}
+
+func TestPollingOnlyForTransactionPoolers(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	cfg := testConfig("owner-1")
+	cfg.UseListen = false
+	cfg.PollInterval = 20 * time.Millisecond
+	w := worker.New(s, worker.Noop, nil, cfg)
+	startWorker(t, w)
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	waitStatus(t, s, id, job.StatusSucceeded)
+	if w.Listening() || w.Stats().Wakeups != 0 {
+		t.Fatalf("listening %v, stats %+v", w.Listening(), w.Stats())
+	}
+}
+
+func TestIgnoresOtherHostsJobs(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	w := worker.New(s, worker.Noop, nil, testConfig("owner-1"))
+	startWorker(t, w)
+	var other int64
+	if err := s.Pool().QueryRow(context.Background(),
+		`INSERT INTO jobs (host_id, game_id, kind) VALUES ('host-other', 'g9', 'stop') RETURNING id`).Scan(&other); err != nil {
+		t.Fatal(err)
+	}
+	mine := insert(t, s, "g1", "stop", `{}`, 0)
+	waitStatus(t, s, mine, job.StatusSucceeded)
+	if j, _ := s.GetJob(context.Background(), other); j.Status != job.StatusQueued {
+		t.Fatalf("other host's job %+v", j)
+	}
+}
+
+// TestManyWorkersKeepPerGameOrder runs 8 workers over 5,000 jobs of 100
+// games: every job runs exactly once, the jobs of one game one at a time in
+// insertion order, and no job is left running.
+func TestManyWorkersKeepPerGameOrder(t *testing.T) {
+	t.Parallel()
+	const workers, games, jobs = 8, 100, 5000
+	s := newStore(t)
+	if _, err := s.Pool().Exec(context.Background(),
+		`INSERT INTO jobs (host_id, game_id, kind) SELECT $1, 'g' || (i % $2), 'stop' FROM generate_series(1, $3) i`,
+		hostID, games, jobs); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	runs := map[int64]int{}
+	last := map[string]int64{}
+	active := map[string]bool{}
+	var violations []string
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		g, id := task.Job.GameID, task.Job.ID
+		mu.Lock()
+		runs[id]++
+		if active[g] {
+			violations = append(violations, fmt.Sprintf("game %s: job %d ran while another of its jobs ran", g, id))
+		}
+		if id <= last[g] {
+			violations = append(violations, fmt.Sprintf("game %s: job %d ran after job %d", g, id, last[g]))
+		}
+		last[g] = id
+		active[g] = true
+		mu.Unlock()
+		// Give an overlapping run of the same game a chance to show.
+		runtime.Gosched()
+		mu.Lock()
+		active[g] = false
+		mu.Unlock()
+		return worker.Result{}, nil
+	})
+	var all []*worker.Worker
+	for i := range workers {
+		cfg := testConfig(fmt.Sprintf("owner-%d", i))
+		w := worker.New(s, exec, nil, cfg)
+		all = append(all, w)
+		startWorker(t, w)
+	}
+	wait.For(t, 5*time.Minute, "all jobs finished", func() bool {
+		var n int
+		if err := s.Pool().QueryRow(context.Background(), `SELECT count(*) FROM jobs WHERE status <> 'succeeded'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range violations {
+		t.Error(v)
+	}
+	if len(runs) != jobs {
+		t.Fatalf("%d distinct jobs ran, want %d", len(runs), jobs)
+	}
+	for id, n := range runs {
+		if n != 1 {
+			t.Errorf("job %d ran %d times", id, n)
+		}
+	}
+	var total int64
+	for _, w := range all {
+		total += w.Stats().Succeeded
+	}
+	if total != jobs {
+		t.Fatalf("workers report %d successes, want %d", total, jobs)
+	}
+}
+
+// quiet discards the worker's logs in benchmarks.
+var quiet = slog.New(slog.DiscardHandler)
