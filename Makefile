@@ -9,13 +9,19 @@ TEST_FLAGS ?= -race -timeout 25m
 BENCH     ?= .
 BENCHTIME ?= 2s
 
-.PHONY: help build generate check-generated vet test bench clean
+.PHONY: help build image generate check-generated vet test test-disruptive bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 build: ## build bin/rtmanager
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/rtmanager ./agent
+
+image: ## build the agent's container image (rtmanager:latest) from scratch
+	rm -rf bin/image && mkdir -p bin/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/image/rtmanager ./agent
+	cp deploy/container/Dockerfile bin/image/
+	docker build -t rtmanager:$(VERSION) -t rtmanager:latest bin/image
 
 generate: ## regenerate the sqlc code from queries/ and migrations/
 	$(SQLC) generate
@@ -29,6 +35,10 @@ vet: ## go vet and staticcheck
 
 test: vet check-generated ## vet, generated-code check, and all tests with the race detector
 	$(GO) test $(TEST_FLAGS) ./...
+	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory test-disruptive; fi
+
+test-disruptive: ## tests that restart the local dockerd (make test runs them under CI only)
+	RTM_TEST_RESTART_DOCKERD=1 $(GO) test $(TEST_FLAGS) -count=1 -run 'TestDaemonRestart' ./agent/watcher/
 
 bench: ## run the benchmarks and print their figures as one table
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./... | tee bench.out | awk -f scripts/benchtable.awk
