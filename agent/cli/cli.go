@@ -39,12 +39,12 @@ type env struct {
 }
 
 func commands() []command {
-	return []command{
+	return append([]command{
 		{"run", "run the agent for this Docker host", cmdRun},
 		{"dev", "run the agent on a throwaway local PostgreSQL and the local Docker daemon", cmdDev},
 		{"migrate", "manage the database schema: up | down [N] | version | force VERSION", cmdMigrate},
 		{"version", "print the version", cmdVersion},
-	}
+	}, operatorCommands()...)
 }
 
 // Main runs the command line args (without the program name) and returns
@@ -120,6 +120,11 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func usageError(e *env, cmd string, err error) int {
+	fail(e, cmd, err)
+	return ExitUsage
 }
 
 // fail reports err in one line, so that a script or a journal shows the

@@ -155,7 +155,7 @@ func TestRunRegistersAndStops(t *testing.T) {
 	hostID := dockertest.UniqueName(t)
 	done := make(chan result, 1)
 	go func() {
-		done <- runCLI(ctx, "run", "--database-url", u, "--host-id", hostID, "--heartbeat-interval", "50ms", "--log-format", "json")
+		done <- runCLI(ctx, "run", "--database-url", u, "--host-id", hostID, "--heartbeat-interval", "50ms", "--log-format", "json", "--http-addr", "127.0.0.1:0")
 	}()
 
 	pool, err := db.Connect(context.Background(), u, nil)
@@ -178,7 +178,7 @@ func TestRunRegistersAndStops(t *testing.T) {
 	if r.code != ExitOK {
 		t.Fatalf("run exited %d: %s", r.code, r.stderr)
 	}
-	if !strings.Contains(r.stderr, `"msg":"agent started"`) || !strings.Contains(r.stderr, `"msg":"agent stopping"`) {
+	if !strings.Contains(r.stderr, `"msg":"agent started"`) || !strings.Contains(r.stderr, `"msg":"agent stopped"`) {
 		t.Fatalf("logs lack start/stop lines:\n%s", r.stderr)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/galaxy/rtmanager/agent/app"
 	"github.com/galaxy/rtmanager/agent/config"
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/internal/db"
@@ -103,8 +104,11 @@ func cmdDev(ctx context.Context, e *env, args []string) int {
 		cfg.AllowedImages = []string{engineimage.DefaultRepo}
 	}
 
+	if code, ok := checkAgentConfig(e, "dev", &cfg); !ok {
+		return code
+	}
 	printDevBanner(e.stdout, &cfg, dataDir, imageRef)
-	if err := runAgent(ctx, &cfg, log); err != nil {
+	if err := app.Run(ctx, &cfg, log, Version); err != nil {
 		return fail(e, "dev", err)
 	}
 	return ExitOK

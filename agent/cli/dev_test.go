@@ -54,7 +54,7 @@ func TestDevStartsItsOwnDatabase(t *testing.T) {
 		var out, errOut syncBuffer
 		done := make(chan int, 1)
 		go func() {
-			done <- run(ctx, []string{"dev", "--data-dir", dataDir, "--host-id", hostID, "--log-format", "json"}, &env{stdout: &out, stderr: &errOut})
+			done <- run(ctx, []string{"dev", "--data-dir", dataDir, "--host-id", hostID, "--log-format", "json", "--http-addr", "127.0.0.1:0"}, &env{stdout: &out, stderr: &errOut})
 		}()
 		wait.For(t, 2*time.Minute, "the dev agent to start", func() bool {
 			select {

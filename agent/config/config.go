@@ -29,6 +29,26 @@ type Config struct {
 	AutoMigrate        bool
 	MigrateLockTimeout time.Duration
 	HeartbeatInterval  time.Duration
+
+	HTTPAddr string
+
+	// Job worker.
+	Concurrency   int
+	LeaseDuration time.Duration
+	PollInterval  time.Duration
+	UseListen     bool
+	DrainTimeout  time.Duration
+
+	// Events watcher and reconciler.
+	EventsIdleTimeout time.Duration
+	ReconcileInterval time.Duration
+	OrphanGrace       time.Duration
+
+	// Sweeper.
+	SweepSchedule   string
+	StoppedTTL      time.Duration
+	JobRetention    time.Duration
+	OutboxRetention time.Duration
 }
 
 // Set binds the settings to the flags of fs, with defaults from the
@@ -102,6 +122,35 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 	c.AllowedImages = splitList(os.Getenv("RTM_ALLOWED_IMAGES"))
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", envDuration(errs, "RTM_HEARTBEAT_INTERVAL", 10*time.Second),
 		"how often the agent refreshes its host's heartbeat (env RTM_HEARTBEAT_INTERVAL)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", envString("RTM_HTTP_ADDR", "127.0.0.1:9464"),
+		"address of /healthz, /readyz and /metrics; empty disables them (env RTM_HTTP_ADDR)")
+
+	fs.IntVar(&c.Concurrency, "concurrency", envInt(errs, "RTM_CONCURRENCY", 8),
+		"jobs run at once; jobs of one game always run one at a time (env RTM_CONCURRENCY)")
+	fs.DurationVar(&c.LeaseDuration, "lease-duration", envDuration(errs, "RTM_LEASE_DURATION", 30*time.Second),
+		"how long a claimed job stays ours without renewal; a dead agent's jobs rerun after it (env RTM_LEASE_DURATION)")
+	fs.DurationVar(&c.PollInterval, "poll-interval", envDuration(errs, "RTM_POLL_INTERVAL", 2*time.Second),
+		"how often the queue is polled when no notification came (env RTM_POLL_INTERVAL)")
+	fs.BoolVar(&c.UseListen, "listen", envBool(errs, "RTM_LISTEN", true),
+		"wake on new jobs through LISTEN/NOTIFY; set false behind a transaction pooler such as PgBouncer (env RTM_LISTEN)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", envDuration(errs, "RTM_DRAIN_TIMEOUT", 30*time.Second),
+		"on SIGTERM, how long running jobs may finish before their leases are given back (env RTM_DRAIN_TIMEOUT)")
+
+	fs.DurationVar(&c.EventsIdleTimeout, "events-idle-timeout", envDuration(errs, "RTM_EVENTS_IDLE_TIMEOUT", 30*time.Second),
+		"after this long without a Docker event the daemon is pinged, and the stream renewed if it fails (env RTM_EVENTS_IDLE_TIMEOUT)")
+	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", envDuration(errs, "RTM_RECONCILE_INTERVAL", 5*time.Minute),
+		"period of the relist that repairs records events missed (env RTM_RECONCILE_INTERVAL)")
+	fs.DurationVar(&c.OrphanGrace, "orphan-grace", envDuration(errs, "RTM_ORPHAN_GRACE", 10*time.Minute),
+		"age after which a labelled container without a live record is removed; negative never removes (env RTM_ORPHAN_GRACE)")
+
+	fs.StringVar(&c.SweepSchedule, "sweep-schedule", envString("RTM_SWEEP_SCHEDULE", "@every 10m"),
+		"cron schedule of the cleanup sweep: five fields or @every <duration> (env RTM_SWEEP_SCHEDULE)")
+	fs.DurationVar(&c.StoppedTTL, "stopped-ttl", envDuration(errs, "RTM_SWEEP_STOPPED_TTL", 24*time.Hour),
+		"how long a stopped game keeps its container before the sweep removes it; 0 never (env RTM_SWEEP_STOPPED_TTL)")
+	fs.DurationVar(&c.JobRetention, "job-retention", envDuration(errs, "RTM_JOB_RETENTION", 7*24*time.Hour),
+		"how long finished jobs are kept; 0 forever (env RTM_JOB_RETENTION)")
+	fs.DurationVar(&c.OutboxRetention, "outbox-retention", envDuration(errs, "RTM_OUTBOX_RETENTION", 7*24*time.Hour),
+		"how long outbox events are kept at least, and until every registered consumer read them; 0 forever (env RTM_OUTBOX_RETENTION)")
 }
 
 func registerLogging(c *Config, fs *flag.FlagSet, errs *[]error) {
@@ -124,8 +173,23 @@ func (c *Config) check(what []Setting) error {
 		if strings.TrimSpace(c.HostID) == "" {
 			errs = append(errs, errors.New("no host id: set RTM_HOST_ID (or --host-id)"))
 		}
-		if c.HeartbeatInterval <= 0 {
-			errs = append(errs, errors.New("--heartbeat-interval must be positive"))
+		for _, d := range []struct {
+			name string
+			v    time.Duration
+		}{
+			{"--heartbeat-interval (RTM_HEARTBEAT_INTERVAL)", c.HeartbeatInterval},
+			{"--lease-duration (RTM_LEASE_DURATION)", c.LeaseDuration},
+			{"--poll-interval (RTM_POLL_INTERVAL)", c.PollInterval},
+			{"--drain-timeout (RTM_DRAIN_TIMEOUT)", c.DrainTimeout},
+			{"--events-idle-timeout (RTM_EVENTS_IDLE_TIMEOUT)", c.EventsIdleTimeout},
+			{"--reconcile-interval (RTM_RECONCILE_INTERVAL)", c.ReconcileInterval},
+		} {
+			if d.v <= 0 {
+				errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.name, d.v))
+			}
+		}
+		if c.Concurrency < 1 {
+			errs = append(errs, fmt.Errorf("--concurrency (RTM_CONCURRENCY) must be at least 1, got %d", c.Concurrency))
 		}
 		if c.DockerNetwork == "" {
 			errs = append(errs, errors.New("--docker-network must not be empty"))
@@ -170,6 +234,19 @@ func envBool(errs *[]error, name string, def bool) bool {
 		return def
 	}
 	return b
+}
+
+func envInt(errs *[]error, name string, def int) int {
+	v, ok := os.LookupEnv(name)
+	if !ok || v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("%s=%q is not a whole number", name, v))
+		return def
+	}
+	return n
 }
 
 func envDuration(errs *[]error, name string, def time.Duration) time.Duration {
