@@ -1,0 +1,316 @@
+package rtmclient
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/distribution/reference"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
+	"github.com/galaxy/rtmanager/internal/domain/job"
+)
+
+// Kind names what a job asks for.
+type Kind string
+
+// The job kinds.
+const (
+	// KindStart creates and starts the game's engine, or starts it again.
+	KindStart Kind = "start"
+	// KindStop stops the engine gracefully.
+	KindStop Kind = "stop"
+	// KindRestart restarts the engine.
+	KindRestart Kind = "restart"
+	// KindRemove stops and removes the engine container; the record
+	// becomes removed for good.
+	KindRemove Kind = "remove"
+	// KindChangeImage replaces the engine by one running another image,
+	// keeping the game's state directory.
+	KindChangeImage Kind = "change_image"
+)
+
+// JobStatus is the lifecycle state of a job.
+type JobStatus string
+
+// The job statuses. Succeeded, failed and cancelled are final.
+const (
+	JobQueued    JobStatus = "queued"
+	JobRunning   JobStatus = "running"
+	JobSucceeded JobStatus = "succeeded"
+	JobFailed    JobStatus = "failed"
+	JobCancelled JobStatus = "cancelled"
+)
+
+// IsFinal reports whether s ends the job.
+func (s JobStatus) IsFinal() bool {
+	return s == JobSucceeded || s == JobFailed || s == JobCancelled
+}
+
+// Payload is a job's typed payload: StartPayload, StopPayload,
+// RestartPayload, RemovePayload, ChangeImagePayload, or RawPayload.
+type Payload interface {
+	Kind() Kind
+}
+
+// Limits are an engine container's resource limits; zero takes the
+// agent's default.
+type Limits struct {
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	NanoCPUs    int64 `json:"nano_cpus,omitempty"`
+	PidsLimit   int64 `json:"pids_limit,omitempty"`
+}
+
+// StartPayload starts a game.
+type StartPayload struct {
+	// ImageRef is the engine image; required, and it must be in the
+	// agent's allow-list (which only the agent knows: a refused image
+	// fails the job, it is not refused at enqueue).
+	ImageRef string `json:"image_ref"`
+	// Env is the engine's environment; names starting with RTM_ are
+	// reserved.
+	Env map[string]string `json:"env,omitempty"`
+	// Limits are the container's limits.
+	Limits Limits `json:"limits,omitempty"`
+	// StateDir is the state directory relative to the agent's state
+	// root; empty means the game id.
+	StateDir string `json:"state_dir,omitempty"`
+}
+
+// StopPayload stops a game.
+type StopPayload struct {
+	// TimeoutSeconds is how long the engine may take to exit after
+	// SIGTERM; nil takes the agent's default (30s).
+	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
+}
+
+// RestartPayload restarts a game.
+type RestartPayload struct {
+	// TimeoutSeconds is the stop timeout of the restart.
+	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
+}
+
+// RemovePayload removes a game's container; it has no fields.
+type RemovePayload struct{}
+
+// ChangeImagePayload moves a game to another image.
+type ChangeImagePayload struct {
+	ImageRef string            `json:"image_ref"`
+	Env      map[string]string `json:"env,omitempty"`
+	Limits   Limits            `json:"limits,omitempty"`
+}
+
+// RawPayload is a payload given as JSON, for callers that hold it as
+// such (the CLI, a relay). It is validated like the typed ones.
+type RawPayload struct {
+	JobKind Kind
+	JSON    json.RawMessage
+}
+
+// Kind implements Payload.
+func (StartPayload) Kind() Kind { return KindStart }
+
+// Kind implements Payload.
+func (StopPayload) Kind() Kind { return KindStop }
+
+// Kind implements Payload.
+func (RestartPayload) Kind() Kind { return KindRestart }
+
+// Kind implements Payload.
+func (RemovePayload) Kind() Kind { return KindRemove }
+
+// Kind implements Payload.
+func (ChangeImagePayload) Kind() Kind { return KindChangeImage }
+
+// Kind implements Payload.
+func (p RawPayload) Kind() Kind { return p.JobKind }
+
+// JobRequest is a job to enqueue.
+type JobRequest struct {
+	// HostID names the agent that runs the job; required.
+	HostID string
+	// GameID names the game; it must be usable in a container name.
+	GameID string
+	// Payload says what to do; its Kind is the job's kind.
+	Payload Payload
+	// IdempotencyKey, when set, makes the enqueue idempotent per game: a
+	// second request with the key returns the first job (while that job
+	// is retained).
+	IdempotencyKey string
+	// MaxAttempts bounds the attempts (1..100); 0 takes the agent's
+	// default for the kind.
+	MaxAttempts int
+	// RunAfter delays the job; zero means now.
+	RunAfter time.Time
+}
+
+// Job is a row of the job table.
+type Job struct {
+	ID                int64           `json:"id"`
+	HostID            string          `json:"host_id"`
+	GameID            string          `json:"game_id"`
+	Kind              Kind            `json:"kind"`
+	Payload           json.RawMessage `json:"payload"`
+	Status            JobStatus       `json:"status"`
+	IdempotencyKey    string          `json:"idempotency_key,omitempty"`
+	Traceparent       string          `json:"traceparent,omitempty"`
+	Attempt           int             `json:"attempt"`
+	MaxAttempts       int             `json:"max_attempts"`
+	RunAfter          time.Time       `json:"run_after"`
+	LeaseOwner        string          `json:"lease_owner,omitempty"`
+	LeaseExpiresAt    *time.Time      `json:"lease_expires_at,omitempty"`
+	CancelRequestedAt *time.Time      `json:"cancel_requested_at,omitempty"`
+	LastError         string          `json:"last_error,omitempty"`
+	CreatedAt         time.Time       `json:"created_at"`
+	StartedAt         *time.Time      `json:"started_at,omitempty"`
+	FinishedAt        *time.Time      `json:"finished_at,omitempty"`
+}
+
+func jobOf(j db.Job) Job {
+	return Job{
+		ID: j.ID, HostID: j.HostID, GameID: j.GameID, Kind: Kind(j.Kind), Payload: json.RawMessage(j.Payload),
+		Status: JobStatus(j.Status), IdempotencyKey: j.IdempotencyKey, Traceparent: j.Traceparent,
+		Attempt: j.Attempt, MaxAttempts: j.MaxAttempts, RunAfter: j.RunAfter, LeaseOwner: j.LeaseOwner,
+		LeaseExpiresAt: j.LeaseExpiresAt, CancelRequestedAt: j.CancelRequestedAt, LastError: j.LastError,
+		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt,
+	}
+}
+
+// Enqueue validates req and inserts the job with tx: pass the Game
+// Master's own pgx.Tx so that the job commits with its state change, or
+// the pool for a job of its own. The W3C traceparent of the span in ctx
+// (if any) is stored in the job, so the agent's trace continues the
+// caller's. inserted is false when the game already had a job with the
+// request's idempotency key: that job is returned and nothing is written.
+//
+// A request that can never run is refused with a *ValidationError
+// (errors.Is ErrInvalidJob) before anything is written: unknown kind, bad
+// game id, malformed payload, env or limits. Whether the image is in the
+// agent's allow-list is known to the agent only: such a job fails there,
+// with a job.failed event.
+func (c *Client) Enqueue(ctx context.Context, tx DBTX, req JobRequest) (j Job, inserted bool, err error) {
+	raw, err := Validate(req)
+	if err != nil {
+		return Job{}, false, err
+	}
+	dj, inserted, err := db.InsertJob(ctx, dbsqlc.DBTX(tx), db.NewJob{
+		HostID: req.HostID, GameID: req.GameID, Kind: job.Kind(req.Payload.Kind()), Payload: raw,
+		IdempotencyKey: req.IdempotencyKey, Traceparent: Traceparent(ctx),
+		MaxAttempts: req.MaxAttempts, RunAfter: req.RunAfter,
+	})
+	if err != nil {
+		return Job{}, false, err
+	}
+	return jobOf(dj), inserted, nil
+}
+
+// Traceparent returns the W3C traceparent of the span in ctx, or "" when
+// ctx carries no valid span context.
+func Traceparent(ctx context.Context) string {
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, carrier)
+	return carrier.Get("traceparent")
+}
+
+// Validate checks req as the agent would, except for the image
+// allow-list and the host's state root, and returns the payload's JSON.
+func Validate(req JobRequest) (json.RawMessage, error) {
+	if strings.TrimSpace(req.HostID) == "" {
+		return nil, invalid("host_id", "is required: name the agent's host")
+	}
+	if req.Payload == nil {
+		return nil, invalid("payload", "is required: a StartPayload, StopPayload, ...")
+	}
+	if req.MaxAttempts < 0 || req.MaxAttempts > 100 {
+		return nil, invalid("max_attempts", "%d is outside 0..100 (0: the agent's default)", req.MaxAttempts)
+	}
+	if req.IdempotencyKey != "" && strings.TrimSpace(req.IdempotencyKey) == "" {
+		return nil, invalid("idempotency_key", "must not be blank")
+	}
+	var raw []byte
+	if p, ok := req.Payload.(RawPayload); ok {
+		raw = p.JSON
+		if len(raw) == 0 {
+			raw = []byte("{}")
+		}
+	} else {
+		var err error
+		if raw, err = json.Marshal(req.Payload); err != nil {
+			return nil, invalid("payload", "cannot be encoded: %v", err)
+		}
+	}
+	if _, err := job.Decode(string(req.Payload.Kind()), req.GameID, raw, checkPolicy(raw)); err != nil {
+		var fe *job.FieldError
+		if errors.As(err, &fe) {
+			return nil, &ValidationError{Field: fe.Field, Message: fe.Error()}
+		}
+		return nil, fmt.Errorf("validate job: %w", err)
+	}
+	return json.RawMessage(raw), nil
+}
+
+// checkPolicy is the agent's default policy with what only an agent knows
+// relaxed: any syntactically valid image is admitted, and state_dir is
+// checked lexically against a stand-in root.
+func checkPolicy(raw []byte) job.Policy {
+	p := job.DefaultPolicy()
+	p.StateRoot = "/rtmanager-state"
+	var img struct {
+		ImageRef string `json:"image_ref"`
+	}
+	if json.Unmarshal(raw, &img) == nil && img.ImageRef != "" {
+		if named, err := reference.ParseNormalizedNamed(img.ImageRef); err == nil {
+			p.AllowedImages = []string{named.Name()}
+		}
+	}
+	return p
+}
+
+// GetJob returns a job, or an error that errors.Is ErrNotFound.
+func (c *Client) GetJob(ctx context.Context, id int64) (Job, error) {
+	j, err := c.store.GetJob(ctx, id)
+	if err != nil {
+		return Job{}, translate(err)
+	}
+	return jobOf(j), nil
+}
+
+// JobFilter selects jobs; empty fields match all.
+type JobFilter struct {
+	GameID, HostID string
+	Status         JobStatus
+	// BeforeID pages: only jobs with a smaller id (0: from the newest).
+	BeforeID int64
+	// Limit bounds the result (default 100).
+	Limit int
+}
+
+// ListJobs returns jobs newest first.
+func (c *Client) ListJobs(ctx context.Context, f JobFilter) ([]Job, error) {
+	js, err := c.store.ListJobs(ctx, db.JobFilter{GameID: f.GameID, HostID: f.HostID, Status: job.Status(f.Status), BeforeID: f.BeforeID, Limit: f.Limit})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Job, len(js))
+	for i, j := range js {
+		out[i] = jobOf(j)
+	}
+	return out, nil
+}
+
+// CancelJob withdraws a job: a queued job is cancelled at once (with its
+// job.cancelled event); a running one is asked to stop, and its agent
+// records the outcome. It returns the job after the change; errors.Is
+// ErrNotFound for an unknown id, ErrJobFinished for a job already ended.
+func (c *Client) CancelJob(ctx context.Context, id int64) (Job, error) {
+	j, err := c.store.CancelJob(ctx, id)
+	if err != nil {
+		return Job{}, translate(err)
+	}
+	return jobOf(j), nil
+}
