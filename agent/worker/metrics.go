@@ -23,13 +23,13 @@ func newMetrics() *metrics {
 	m := otel.Meter("github.com/galaxy/rtmanager/agent/worker")
 	// Instrument constructors only fail on invalid names or options,
 	// which are constants here; they still return usable no-ops.
-	claimed, _ := m.Int64Counter("rtm.worker.jobs.claimed",
+	claimed, _ := m.Int64Counter("rtmanager.worker.jobs.claimed",
 		metric.WithDescription("Jobs claimed by this agent, by kind."), metric.WithUnit("{job}"))
-	outcome, _ := m.Int64Counter("rtm.worker.jobs.outcome",
+	outcome, _ := m.Int64Counter("rtmanager.worker.jobs.outcome",
 		metric.WithDescription("Job attempts ended, by kind and outcome (succeeded, failed, cancelled, retried)."), metric.WithUnit("{job}"))
-	duration, _ := m.Float64Histogram("rtm.worker.job.duration",
+	duration, _ := m.Float64Histogram("rtmanager.worker.job.duration",
 		metric.WithDescription("Time from claim to outcome of one attempt."), metric.WithUnit("s"))
-	pickup, _ := m.Float64Histogram("rtm.worker.job.pickup_latency",
+	pickup, _ := m.Float64Histogram("rtmanager.worker.job.pickup_latency",
 		metric.WithDescription("Time from a job being due to its claim, on the database's clock."), metric.WithUnit("s"))
 	return &metrics{claimedC: claimed, outcomeC: outcome, durationH: duration, pickupH: pickup}
 }

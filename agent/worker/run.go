@@ -62,11 +62,13 @@ func (w *Worker) runJob(r *running) {
 		return
 	case err == nil:
 		out := db.Outcome{Status: job.StatusSucceeded, Record: res.Record}
-		if !w.finish(r, log, out, res.AfterCommit) && !r.lost() {
+		if !w.finish(r, log, out, res.AfterCommit) && r.lastFinishErr != nil && !r.lost() {
 			// The record transition was refused: the world changed
 			// under the job (say, the record was removed meanwhile).
 			// finish has already logged it; nothing is written, so the
-			// job is failed or retried like any other error.
+			// job is failed or retried like any other error. (Any other
+			// failure to finish, a lost lease included, was dealt with
+			// by finish: there is nothing to fail or retry.)
 			w.failOrRetry(r, log, job.Permanent(r.lastFinishErr), maxAttempts)
 		}
 	case errors.Is(cause, errCancelRequested):
@@ -125,7 +127,13 @@ func (w *Worker) finish(r *running, log *slog.Logger, o db.Outcome, after func(c
 	r.finishing.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	_, err := w.store.FinishJob(ctx, j, w.cfg.Owner, o)
+	var err error
+	if o.Record == nil && !w.unbatched {
+		// Most outcomes: batched with those of other jobs.
+		err = w.finishBatched(r, o, after != nil)
+	} else {
+		_, err = w.store.FinishJob(ctx, j, w.cfg.Owner, o)
+	}
 	if err != nil {
 		if o.Record != nil && !errors.Is(err, db.ErrLeaseLost) && isDecisionError(err) {
 			r.lastFinishErr = fmt.Errorf("record the outcome: %w", err)

@@ -3,7 +3,9 @@
 // a lease on each while it runs and renews it, retries failures with
 // exponential backoff and jitter, honours cancel requests, and records
 // every outcome (with the record's transition and the outbox event) in
-// one transaction.
+// one transaction. Outcomes without a record transition are written in
+// batches, several jobs to a transaction (see batch.go); each job still
+// gets its final state and its one outcome event together, under its lease.
 //
 // Delivery is at least once: a job whose agent died is requeued once its
 // lease expires and runs again, so the Executor's operations must be
@@ -194,6 +196,11 @@ type Worker struct {
 	metrics *metrics
 
 	wake chan struct{}
+	// finishQ feeds the batch finisher (see batch.go).
+	finishQ chan finishReq
+	// unbatched makes every finish a transaction of its own, as before
+	// the batch finisher: for benchmarks that compare the two.
+	unbatched bool
 
 	mu       sync.Mutex
 	inflight map[int64]*running
@@ -227,6 +234,9 @@ func New(store *db.Store, exec Executor, intents *intent.Registry, cfg Config) *
 		metrics:  newMetrics(),
 		wake:     make(chan struct{}, 1),
 		inflight: map[int64]*running{},
+	}
+	if err == nil {
+		w.finishQ = make(chan finishReq, cfg.Concurrency)
 	}
 	if w.log == nil {
 		w.log = slog.Default()
@@ -276,6 +286,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	var bgWG sync.WaitGroup
 	bgWG.Add(1)
 	go func() { defer bgWG.Done(); w.renewLeases(bg) }()
+	bgWG.Add(1)
+	go func() { defer bgWG.Done(); w.finishBatches(bg) }()
 	if cfg.UseListen {
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); w.listen(ctx) }()
@@ -322,41 +334,58 @@ func (w *Worker) claim(ctx context.Context) {
 		}
 		return
 	}
-	for _, j := range jobs {
-		w.start(j, sent)
-	}
+	w.start(jobs, sent)
 	if len(jobs) == free {
 		// There may be more due jobs: look again without waiting.
 		w.signal()
 	}
 }
 
-// start registers a claimed job and runs it on its own goroutine.
-func (w *Worker) start(j db.Job, sent time.Time) {
-	w.claimed.Add(1)
-	kind := kindAttr(j.Kind)
-	w.metrics.claimed(kind)
-	if j.StartedAt != nil {
-		w.metrics.pickup(kind, j.StartedAt.Sub(j.RunAfter))
+// start registers claimed jobs and runs each on its own goroutine. All of
+// them are in flight before any runs, so the batch finisher, which waits
+// for the outcomes of the jobs in flight, sees the claim as a whole.
+func (w *Worker) start(jobs []db.Job, sent time.Time) {
+	rs := make([]*running, len(jobs))
+	for i, j := range jobs {
+		w.claimed.Add(1)
+		kind := kindAttr(j.Kind)
+		w.metrics.claimed(kind)
+		if j.StartedAt != nil {
+			w.metrics.pickup(kind, j.StartedAt.Sub(j.RunAfter))
+		}
+		ctx, cancel := context.WithCancelCause(context.Background())
+		rs[i] = &running{job: j, ctx: ctx, cancel: cancel, leaseUntil: sent.Add(w.cfg.LeaseDuration)}
 	}
-	ctx, cancel := context.WithCancelCause(context.Background())
-	r := &running{job: j, ctx: ctx, cancel: cancel, leaseUntil: sent.Add(w.cfg.LeaseDuration)}
 	w.mu.Lock()
-	w.inflight[j.ID] = r
+	for _, r := range rs {
+		w.inflight[r.job.ID] = r
+	}
 	w.mu.Unlock()
-	w.wg.Add(1)
-	go func() {
-		defer func() {
-			cancel(nil)
-			w.mu.Lock()
-			delete(w.inflight, j.ID)
-			w.mu.Unlock()
-			w.wg.Done()
-			// A slot is free, and the game's next job may now be due.
-			w.signal()
+	w.wg.Add(len(rs))
+	for _, r := range rs {
+		go func() {
+			defer func() {
+				r.cancel(nil)
+				w.mu.Lock()
+				w.vacate(r)
+				w.mu.Unlock()
+				w.wg.Done()
+				// A slot is free, and the game's next job may now be due.
+				w.signal()
+			}()
+			w.runJob(r)
 		}()
-		w.runJob(r)
-	}()
+	}
+}
+
+// vacate removes r from the in-flight set, freeing its slot, unless it is
+// gone already (the batch finisher frees the slots of a batch together) or
+// its id now belongs to a later claim of the same job. The caller holds
+// w.mu.
+func (w *Worker) vacate(r *running) {
+	if w.inflight[r.job.ID] == r {
+		delete(w.inflight, r.job.ID)
+	}
 }
 
 // rescue requeues the host's jobs whose lease expired.

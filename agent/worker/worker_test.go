@@ -291,6 +291,52 @@ func TestLostLeaseInterruptsWithoutWriting(t *testing.T) {
 	}
 }
 
+// TestLeaseLostBeforeTheFinishWritesNothing: the job's lease goes while
+// it runs, unnoticed (no renewal in between), and the executor succeeds.
+// The batch finish finds the lease gone: no outcome, no event, and the
+// other jobs of the same batch finish.
+func TestLeaseLostBeforeTheFinishWritesNothing(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	release := make(chan struct{})
+	started := make(chan int64, 4)
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		started <- task.Job.ID
+		<-release
+		return worker.Result{}, nil
+	})
+	cfg := testConfig("owner-1")
+	cfg.LeaseDuration, cfg.LeaseRenewInterval = time.Hour, 30*time.Minute
+	w := worker.New(s, exec, nil, cfg)
+	ids := []int64{insert(t, s, "g1", "stop", `{}`, 0), insert(t, s, "g2", "stop", `{}`, 0), insert(t, s, "g3", "stop", `{}`, 0)}
+	startWorker(t, w)
+	for range ids {
+		<-started
+	}
+	if _, err := s.Pool().Exec(context.Background(), `UPDATE jobs SET lease_owner = 'owner-2' WHERE id = $1`, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	waitStatus(t, s, ids[0], job.StatusSucceeded)
+	waitStatus(t, s, ids[2], job.StatusSucceeded)
+	wait.For(t, 10*time.Second, "lease lost counted", func() bool { return w.Stats().LeaseLost == 1 })
+	if st := w.Stats(); st.Succeeded != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	if j, _ := s.GetJob(context.Background(), ids[1]); j.Status != job.StatusRunning || j.LeaseOwner != "owner-2" {
+		t.Fatalf("job %+v: the worker must leave a job it lost alone", j)
+	}
+	for i, id := range ids {
+		want := 1
+		if i == 1 {
+			want = 0
+		}
+		if got := outcomeEvents(t, s, id); len(got) != want {
+			t.Fatalf("job %d: outcome events %v, want %d", id, got, want)
+		}
+	}
+}
+
 func TestRestartedAgentRequeuesExpiredLease(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
@@ -490,6 +536,36 @@ func TestManyWorkersKeepPerGameOrder(t *testing.T) {
 	}
 	if total != jobs {
 		t.Fatalf("workers report %d successes, want %d", total, jobs)
+	}
+	// Exactly one outcome event per job, and each game's events in the
+	// outbox's (commit) order are in the game's job order.
+	var events, distinct int
+	if err := s.Pool().QueryRow(context.Background(),
+		`SELECT count(*), count(DISTINCT job_id) FROM outbox WHERE type = $1`, string(outbox.TypeJobSucceeded)).Scan(&events, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if events != jobs || distinct != jobs {
+		t.Fatalf("%d outcome events for %d jobs, want %d", events, distinct, jobs)
+	}
+	rows, err := s.Pool().Query(context.Background(), `SELECT game_id, job_id FROM outbox ORDER BY xid, id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	lastEvent := map[string]int64{}
+	for rows.Next() {
+		var g string
+		var id int64
+		if err := rows.Scan(&g, &id); err != nil {
+			t.Fatal(err)
+		}
+		if id <= lastEvent[g] {
+			t.Errorf("game %s: outcome of job %d committed after that of job %d", g, id, lastEvent[g])
+		}
+		lastEvent[g] = id
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
 	}
 }
 

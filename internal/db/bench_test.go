@@ -100,3 +100,45 @@ func BenchmarkClaimFinish(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
 }
+
+// BenchmarkClaimFinishBatch is BenchmarkClaimFinish with the batch finish:
+// claim up to batch due jobs, finish them all in one FinishJobs.
+func BenchmarkClaimFinishBatch(b *testing.B) {
+	for _, batch := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			s := db.NewStore(pgtest.Pool(b), nil)
+			ctx := context.Background()
+			if _, err := s.Pool().Exec(ctx,
+				`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-a', 'g' || (i % 100), 'stop' FROM generate_series(1, $1) i`, b.N); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			var claimT, finishT time.Duration
+			done := 0
+			for done < b.N {
+				t0 := time.Now()
+				jobs, err := s.ClaimJobs(ctx, "host-a", "agent-1", batch, time.Minute)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(jobs) == 0 {
+					b.Fatalf("no job claimable after %d of %d", done, b.N)
+				}
+				t1 := time.Now()
+				fs := make([]db.Finish, len(jobs))
+				for i, j := range jobs {
+					fs[i] = db.Finish{Job: j, Outcome: db.Outcome{Status: job.StatusSucceeded}}
+				}
+				if got, err := s.FinishJobs(ctx, "agent-1", fs); err != nil || len(got) != len(jobs) {
+					b.Fatalf("finish: %d of %d, %v", len(got), len(jobs), err)
+				}
+				claimT += t1.Sub(t0)
+				finishT += time.Since(t1)
+				done += len(jobs)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+			b.ReportMetric(float64(claimT.Microseconds())/float64(b.N), "claim_us/job")
+			b.ReportMetric(float64(finishT.Microseconds())/float64(b.N), "finish_us/job")
+		})
+	}
+}

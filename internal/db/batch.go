@@ -1,0 +1,81 @@
+package db
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
+	"github.com/galaxy/rtmanager/internal/domain/outbox"
+)
+
+// Finish is one job of a FinishJobs batch: the job as its owner claimed it
+// (ID, GameID, HostID, Kind and Attempt are used) and how it ended. An
+// Outcome with a Record decision cannot be batched: use FinishJob.
+type Finish struct {
+	Job     Job
+	Outcome Outcome
+}
+
+// FinishJobs ends a batch of jobs that owner holds, with one outcome event
+// per job, in one transaction (one statement, one round trip). Every game of
+// the batch is locked, in a fixed order, before anything is written, so the
+// events keep the per-game commit order FinishJob keeps.
+//
+// A job is finished only when it is still running under owner in the
+// attempt it was claimed for; the others (their lease was lost) are left as
+// they are and get no event. FinishJobs returns the set of job ids it
+// finished, each with the id of its outcome event: an id of the batch
+// missing from it lost its lease. An error means nothing was written.
+//
+// The batch must not hold the same job twice. Two jobs of one game are
+// allowed (the game is locked once and the events are appended in job id
+// order), though per-game FIFO means only one of them can still be held.
+func (s *Store) FinishJobs(ctx context.Context, owner string, batch []Finish) (map[int64]int64, error) {
+	if len(batch) == 0 {
+		return map[int64]int64{}, nil
+	}
+	p := dbsqlc.FinishJobsParams{
+		LeaseOwner: owner,
+		Ids:        make([]int64, len(batch)),
+		GameIds:    make([]string, len(batch)),
+		Attempts:   make([]int32, len(batch)),
+		Statuses:   make([]string, len(batch)),
+		LastErrors: make([]string, len(batch)),
+		EventTypes: make([]string, len(batch)),
+		Payloads:   make([]string, len(batch)),
+	}
+	seen := make(map[int64]struct{}, len(batch))
+	for i, f := range batch {
+		j, o := f.Job, f.Outcome
+		if _, dup := seen[j.ID]; dup {
+			return nil, fmt.Errorf("finish jobs: job %d is twice in the batch", j.ID)
+		}
+		seen[j.ID] = struct{}{}
+		if !o.Status.IsFinal() {
+			return nil, fmt.Errorf("finish job %d: status %q is not final", j.ID, o.Status)
+		}
+		if o.Record != nil {
+			return nil, fmt.Errorf("finish job %d: a record transition cannot be batched; use FinishJob", j.ID)
+		}
+		ev, err := outbox.ForJobOutcome(j.ID, j.GameID, j.HostID, j.Kind, o.Status, j.Attempt, o.Error)
+		if err != nil {
+			return nil, fmt.Errorf("build outcome event of job %d: %w", j.ID, err)
+		}
+		p.Ids[i] = j.ID
+		p.GameIds[i] = j.GameID
+		p.Attempts[i] = int32(j.Attempt)
+		p.Statuses[i] = string(o.Status)
+		p.LastErrors[i] = o.Error
+		p.EventTypes[i] = string(ev.Type)
+		p.Payloads[i] = string(ev.Payload)
+	}
+	rows, err := s.q.FinishJobs(ctx, p)
+	if err != nil {
+		return nil, fmt.Errorf("finish %d jobs of %s: %w", len(batch), owner, err)
+	}
+	done := make(map[int64]int64, len(rows))
+	for _, r := range rows {
+		done[r.JobID] = r.ID
+	}
+	return done, nil
+}
