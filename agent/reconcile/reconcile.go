@@ -46,9 +46,12 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
@@ -164,12 +167,24 @@ func (r *Reconciler) Run(ctx context.Context) error {
 // other. A repair that fails does not stop the others: the pass goes on and
 // returns the errors joined, with the report of what it did.
 func (r *Reconciler) Pass(ctx context.Context, reason string) (Report, error) {
+	ctx, span := tracer.Start(ctx, "reconcile pass", trace.WithAttributes(
+		telemetry.HostID(r.cfg.HostID), attribute.String("rtmanager.reconcile.reason", reason)))
+	defer span.End()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
 	rep := Report{Reason: reason}
 	err := r.pass(ctx, &rep)
 	rep.Duration = time.Since(start)
+	span.SetAttributes(
+		attribute.Int("rtmanager.reconcile.records", rep.Records),
+		attribute.Int("rtmanager.reconcile.containers", rep.Containers),
+		attribute.Int("rtmanager.reconcile.repairs", rep.Repairs()),
+		attribute.Int("rtmanager.reconcile.orphans", rep.Orphans))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
 
 	attrs := metric.WithAttributes(attribute.String("reason", reason))
 	r.mPasses.Add(ctx, 1, attrs)
@@ -188,6 +203,8 @@ func (r *Reconciler) Pass(ctx context.Context, reason string) (Report, error) {
 		"skipped", rep.Skipped, "duration", rep.Duration, "error", err)
 	return rep, err
 }
+
+var tracer = otel.Tracer("github.com/galaxy/rtmanager/agent/reconcile")
 
 func (r *Reconciler) pass(ctx context.Context, rep *Report) error {
 	// Records first, containers second: see the package comment.

@@ -44,9 +44,15 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/agent/intent"
+	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
@@ -206,8 +212,24 @@ func (s *Sweeper) Run(ctx context.Context) error {
 // Pass runs one sweep now: cleanup of this host's expired stopped games,
 // then retention. The report counts what was done even when an error is
 // returned; the error joins every failure of the pass.
-func (s *Sweeper) Pass(ctx context.Context) (Report, error) {
-	var rep Report
+func (s *Sweeper) Pass(ctx context.Context) (rep Report, err error) {
+	ctx, span := tracer.Start(ctx, "sweep pass", trace.WithAttributes(telemetry.HostID(s.cfg.HostID)))
+	defer func() {
+		span.SetAttributes(
+			attribute.Int("rtmanager.sweep.removed", rep.Removed),
+			attribute.Int("rtmanager.sweep.failed", rep.Failed),
+			attribute.Int64("rtmanager.sweep.jobs_deleted", rep.JobsDeleted),
+			attribute.Int64("rtmanager.sweep.outbox_deleted", rep.OutboxDeleted),
+			attribute.Bool("rtmanager.sweep.skipped", rep.Skipped))
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+		metrics.removals.Add(ctx, int64(rep.Removed))
+		metrics.deleted.Add(ctx, rep.JobsDeleted, metric.WithAttributes(attribute.String("table", "jobs")))
+		metrics.deleted.Add(ctx, rep.OutboxDeleted, metric.WithAttributes(attribute.String("table", "outbox")))
+	}()
 	var errs []error
 	start := time.Now()
 
@@ -221,7 +243,7 @@ func (s *Sweeper) Pass(ctx context.Context) (Report, error) {
 			errs = append(errs, err)
 		}
 	}
-	err := errors.Join(errs...)
+	err = errors.Join(errs...)
 	level := slog.LevelInfo
 	if err != nil {
 		level = slog.LevelWarn
@@ -233,6 +255,17 @@ func (s *Sweeper) Pass(ctx context.Context) (Report, error) {
 		"duration", time.Since(start), "err", err)
 	return rep, err
 }
+
+var tracer = otel.Tracer("github.com/galaxy/rtmanager/agent/sweeper")
+
+var metrics = func() (m struct{ removals, deleted metric.Int64Counter }) {
+	meter := otel.Meter("github.com/galaxy/rtmanager/agent/sweeper")
+	m.removals, _ = meter.Int64Counter("rtmanager.sweeper.removals",
+		metric.WithDescription("Containers of expired stopped games removed by the cleanup sweep."))
+	m.deleted, _ = meter.Int64Counter("rtmanager.sweeper.deleted",
+		metric.WithDescription("Rows deleted by retention, by table (jobs, outbox)."))
+	return m
+}()
 
 // cleanup removes the expired stopped games of the host, batch by batch.
 func (s *Sweeper) cleanup(ctx context.Context, rep *Report) error {

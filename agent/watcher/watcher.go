@@ -37,11 +37,14 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/reconcile"
+	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
@@ -159,6 +162,16 @@ func New(store *db.Store, eng engine.Engine, rec *reconcile.Reconciler, intents 
 	w.mConns, _ = m.Int64Counter("rtmanager.watcher.subscriptions", metric.WithDescription("Event stream subscriptions, by outcome."))
 	w.mLag, _ = m.Float64Histogram("rtmanager.watcher.lag", metric.WithUnit("s"),
 		metric.WithDescription("Commit time of a transition minus the daemon time of its event."))
+	_, _ = m.Int64ObservableGauge("rtmanager.watcher.connected",
+		metric.WithDescription("1 while the Docker events stream is connected, 0 otherwise."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			var v int64
+			if w.connected.Load() {
+				v = 1
+			}
+			o.Observe(v, metric.WithAttributes(attribute.String("host_id", w.cfg.HostID)))
+			return nil
+		}))
 	return w
 }
 
@@ -368,7 +381,17 @@ func (w *Watcher) relist(ctx context.Context, reason string) error {
 
 // apply handles one event: an error means the event could not be applied
 // (the database or the daemon failed) and the caller resubscribes.
-func (w *Watcher) apply(ctx context.Context, ev engine.Event, read time.Time) error {
+func (w *Watcher) apply(ctx context.Context, ev engine.Event, read time.Time) (err error) {
+	ctx, span := tracer.Start(ctx, "docker event "+ev.Action, trace.WithAttributes(
+		telemetry.HostID(w.cfg.HostID), telemetry.ContainerID(ev.ID), telemetry.GameID(ev.GameID()),
+		attribute.String("docker.event.action", ev.Action), attribute.Int64("docker.event.time_nano", ev.TimeNano)))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	w.count(func(s *Stats) { s.Received++ })
 	if w.applyHook != nil {
 		w.applyHook(ev)
@@ -448,10 +471,13 @@ type queued struct {
 	read time.Time
 }
 
+var tracer = otel.Tracer("github.com/galaxy/rtmanager/agent/watcher")
+
 // errNoRecord aborts the transaction of an event whose game has no record.
 var errNoRecord = errors.New("no record")
 
 func (w *Watcher) done(ctx context.Context, ev engine.Event, v Verdict, lag time.Duration) {
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("rtmanager.event.verdict", v.String()))
 	outcome := "ignored"
 	switch v {
 	case Apply:
