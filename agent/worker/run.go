@@ -9,6 +9,8 @@ import (
 	"runtime/debug"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
+
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
@@ -27,10 +29,14 @@ const writeTimeout = 30 * time.Second
 // retried later, released, or dropped because its lease was lost.
 func (w *Worker) runJob(r *running) {
 	j := r.job
-	log := w.log.With("job_id", j.ID, "game_id", j.GameID, "kind", j.Kind, "attempt", j.Attempt)
+	log := w.log.With("job_id", j.ID, "game_id", j.GameID, "kind", j.Kind, "attempt", j.Attempt,
+		"trace_id", r.span.SpanContext().TraceID().String())
 	began := time.Now()
 	kind := kindAttr(j.Kind)
-	defer func() { w.metrics.duration(kind, time.Since(began)) }()
+	defer func() {
+		w.metrics.duration(kind, time.Since(began))
+		r.span.End()
+	}()
 
 	if j.CancelRequestedAt != nil {
 		// Cancelled while queued (or between attempts): it never runs.
@@ -54,6 +60,10 @@ func (w *Worker) runJob(r *running) {
 
 	res, err := w.execute(r.ctx, Task{Job: j, Spec: spec, HostID: w.cfg.HostID, Network: w.cfg.Network})
 	defer w.forget(res.Containers)
+	if err != nil {
+		r.span.RecordError(err)
+		r.span.SetStatus(codes.Error, err.Error())
+	}
 	cause := context.Cause(r.ctx)
 	switch {
 	case errors.Is(cause, errLeaseLost):
@@ -108,7 +118,10 @@ func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempt
 	r.finishing.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	if _, rerr := w.store.RetryJob(ctx, j, w.cfg.Owner, delay, msg); rerr != nil {
+	ctx, span := commitSpan(ctx, r, "retry")
+	_, rerr := w.store.RetryJob(ctx, j, w.cfg.Owner, delay, msg)
+	endSpan(span, rerr)
+	if rerr != nil {
 		w.writeFailed(r, "requeue for retry", rerr)
 		return
 	}
@@ -127,6 +140,7 @@ func (w *Worker) finish(r *running, log *slog.Logger, o db.Outcome, after func(c
 	r.finishing.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
+	ctx, span := commitSpan(ctx, r, string(o.Status))
 	var err error
 	if o.Record == nil && !w.unbatched {
 		// Most outcomes: batched with those of other jobs.
@@ -134,6 +148,7 @@ func (w *Worker) finish(r *running, log *slog.Logger, o db.Outcome, after func(c
 	} else {
 		_, err = w.store.FinishJob(ctx, j, w.cfg.Owner, o)
 	}
+	endSpan(span, err)
 	if err != nil {
 		if o.Record != nil && !errors.Is(err, db.ErrLeaseLost) && isDecisionError(err) {
 			r.lastFinishErr = fmt.Errorf("record the outcome: %w", err)

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/internal/db"
@@ -216,6 +217,8 @@ type running struct {
 	job    db.Job
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// span is the attempt's span; ctx carries it.
+	span trace.Span
 	// leaseUntil is a conservative local estimate of the lease's expiry:
 	// taken from the time the renewal was sent, not when it returned.
 	leaseUntil time.Time // guarded by Worker.mu
@@ -334,7 +337,7 @@ func (w *Worker) claim(ctx context.Context) {
 		}
 		return
 	}
-	w.start(jobs, sent)
+	w.start(jobs, sent, time.Now())
 	if len(jobs) == free {
 		// There may be more due jobs: look again without waiting.
 		w.signal()
@@ -344,7 +347,7 @@ func (w *Worker) claim(ctx context.Context) {
 // start registers claimed jobs and runs each on its own goroutine. All of
 // them are in flight before any runs, so the batch finisher, which waits
 // for the outcomes of the jobs in flight, sees the claim as a whole.
-func (w *Worker) start(jobs []db.Job, sent time.Time) {
+func (w *Worker) start(jobs []db.Job, sent, claimed time.Time) {
 	rs := make([]*running, len(jobs))
 	for i, j := range jobs {
 		w.claimed.Add(1)
@@ -353,8 +356,9 @@ func (w *Worker) start(jobs []db.Job, sent time.Time) {
 		if j.StartedAt != nil {
 			w.metrics.pickup(kind, j.StartedAt.Sub(j.RunAfter))
 		}
-		ctx, cancel := context.WithCancelCause(context.Background())
-		rs[i] = &running{job: j, ctx: ctx, cancel: cancel, leaseUntil: sent.Add(w.cfg.LeaseDuration)}
+		spanCtx, span := w.jobSpan(j, sent, claimed)
+		ctx, cancel := context.WithCancelCause(spanCtx)
+		rs[i] = &running{job: j, ctx: ctx, cancel: cancel, span: span, leaseUntil: sent.Add(w.cfg.LeaseDuration)}
 	}
 	w.mu.Lock()
 	for _, r := range rs {

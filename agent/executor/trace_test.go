@@ -1,0 +1,114 @@
+package executor_test
+
+import (
+	"context"
+	"testing"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/galaxy/rtmanager/internal/domain/job"
+)
+
+// TestOneTraceFromInsertToContainer inserts a start job carrying the W3C
+// traceparent of a Game Master span, and checks that the agent's work for
+// it — the job, its claim, every Docker call and the commit — lands in
+// that one trace, each span under the job's.
+func TestOneTraceFromInsertToContainer(t *testing.T) {
+	// Not parallel: it installs the global tracer provider.
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(tp)
+	t.Cleanup(func() { otel.SetTracerProvider(prev); _ = tp.Shutdown(context.Background()) })
+
+	e := newEnv(t) // its Docker client now traces with tp
+	e.run()
+
+	gmCtx, gmSpan := tp.Tracer("game-master").Start(context.Background(), "enqueue start")
+	carrier := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(gmCtx, carrier)
+	gmSpan.End()
+	var id int64
+	err := e.store.Pool().QueryRow(context.Background(),
+		`INSERT INTO jobs (host_id, game_id, kind, payload, traceparent) VALUES ($1, 'traced', 'start', $2::jsonb, $3) RETURNING id`,
+		e.hostID, startPayload(e.image), carrier["traceparent"]).Scan(&id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j := e.finished(id); j.Status != job.StatusSucceeded {
+		t.Fatalf("job %s: %s", j.Status, j.LastError)
+	}
+	_ = tp.ForceFlush(context.Background())
+
+	traceID := gmSpan.SpanContext().TraceID()
+	var inTrace []tracetest.SpanStub
+	for _, s := range spans.GetSpans() {
+		if s.SpanContext.TraceID() == traceID {
+			inTrace = append(inTrace, s)
+		}
+	}
+	byID := map[trace.SpanID]tracetest.SpanStub{}
+	for _, s := range inTrace {
+		byID[s.SpanContext.SpanID()] = s
+	}
+	var jobSpan *tracetest.SpanStub
+	for i, s := range inTrace {
+		if s.Name == "job start" {
+			jobSpan = &inTrace[i]
+		}
+	}
+	if jobSpan == nil {
+		t.Fatalf("no job span in the Game Master's trace; spans in it: %v", names(inTrace))
+	}
+	if jobSpan.Parent.SpanID() != gmSpan.SpanContext().SpanID() {
+		t.Fatalf("the job span's parent is %s, not the Game Master's span", jobSpan.Parent.SpanID())
+	}
+	// Every other span of the trace descends from the job span.
+	underJob := func(s tracetest.SpanStub) bool {
+		for p := s.Parent.SpanID(); p.IsValid(); {
+			if p == jobSpan.SpanContext.SpanID() {
+				return true
+			}
+			parent, ok := byID[p]
+			if !ok {
+				return false
+			}
+			p = parent.Parent.SpanID()
+		}
+		return false
+	}
+	var claims, commits, dockerCalls int
+	for _, s := range inTrace {
+		if s.Name == "enqueue start" || s.Name == "job start" {
+			continue
+		}
+		if !underJob(s) {
+			t.Errorf("span %q is in the trace but not under the job span", s.Name)
+		}
+		switch {
+		case s.Name == "claim":
+			claims++
+		case s.Name == "commit succeeded":
+			commits++
+		case s.SpanKind == trace.SpanKindClient:
+			dockerCalls++
+		}
+	}
+	t.Logf("spans of the trace: %v", names(inTrace))
+	if claims != 1 || commits != 1 || dockerCalls < 2 {
+		t.Fatalf("want one claim, one commit and the Docker calls (create, start, …) in the trace; got claims=%d commits=%d docker=%d: %v",
+			claims, commits, dockerCalls, names(inTrace))
+	}
+}
+
+func names(spans []tracetest.SpanStub) []string {
+	out := make([]string, len(spans))
+	for i, s := range spans {
+		out[i] = s.Name
+	}
+	return out
+}
