@@ -14,6 +14,16 @@ SELECT EXISTS (
       AND status IN ('queued', 'running')
 )::boolean AS active;
 
+-- name: GameHasRunningJob :one
+-- Whether a job of the game on the host is running: it is changing the
+-- game's container now and commits the record's transition itself.
+SELECT EXISTS (
+    SELECT 1 FROM jobs
+    WHERE game_id = sqlc.arg(game_id)
+      AND host_id = sqlc.arg(host_id)
+      AND status = 'running'
+)::boolean AS running;
+
 -- name: RecordOwnsContainer :one
 -- Whether a live (running or stopped) record of the host is bound to the
 -- container.

@@ -19,6 +19,9 @@ const (
 	Restart Action = "restart"
 	Remove  Action = "remove"
 	Start   Action = "start"
+	// Cleanup is the sweeper's removal of an expired stopped game: the
+	// destroy it causes is reported with reason cleanup.
+	Cleanup Action = "cleanup"
 )
 
 // Intent is one expected operation.

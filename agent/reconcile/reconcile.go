@@ -353,7 +353,20 @@ func daemonTime(t, at time.Time) time.Time {
 // repair re-inspects the record's container under the game's lock and
 // commits what Decide says. It returns the reason of the committed
 // transition, "" when there was nothing to do by then.
+//
+// A game with a running job is left alone: the job is changing its
+// container right now (the record lags behind Docker until it commits) and
+// commits the transition itself; a repair would race it and report the
+// job's own change as a repair. If the job dies, its lease expires, it runs
+// again, and a later pass sees the game idle.
 func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord) (outbox.Reason, error) {
+	busy, err := r.store.GameHasRunningJob(ctx, r.cfg.HostID, listed.GameID)
+	if err != nil {
+		return "", fmt.Errorf("reconcile game %s: %w", listed.GameID, err)
+	}
+	if busy {
+		return "", nil
+	}
 	var reason outbox.Reason
 	ch, err := r.store.UpdateRecord(ctx, listed.GameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		reason = ""

@@ -147,8 +147,13 @@ func Map(cur *runtime.RuntimeRecord, in Input) (runtime.RuntimeRecord, outbox.Tr
 	case "destroy":
 		next, err = cur.Remove(ev.ID, at)
 		d.Reason = outbox.ReasonObservedDestroy
-		if in.Requested && in.Intent.Action == intent.Remove {
+		switch {
+		case in.Requested && in.Intent.Action == intent.Remove:
 			d.RequestedByJob, d.JobID = true, max(in.Intent.JobID, 0)
+		case in.Requested && in.Intent.Action == intent.Cleanup:
+			// The sweeper's removal: reported as what it is, whichever of
+			// the sweeper and this event commits first.
+			d.Reason = outbox.ReasonCleanup
 		}
 	}
 	if err != nil {

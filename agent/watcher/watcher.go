@@ -515,9 +515,9 @@ func intentActions(action string) []intent.Action {
 	case "start":
 		return []intent.Action{intent.Start, intent.Restart}
 	case "die":
-		return []intent.Action{intent.Stop, intent.Restart, intent.Remove}
+		return []intent.Action{intent.Stop, intent.Restart, intent.Remove, intent.Cleanup}
 	case "destroy":
-		return []intent.Action{intent.Remove}
+		return []intent.Action{intent.Remove, intent.Cleanup}
 	}
 	return nil
 }

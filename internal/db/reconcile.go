@@ -96,3 +96,14 @@ func (s *Store) ReportOrphan(ctx context.Context, o outbox.OrphanPayload) (bool,
 	}
 	return wrote, check, nil
 }
+
+// GameHasRunningJob reports whether a job of the game on the host is
+// running: the reconciler leaves such a game to the job, which records what
+// it does, instead of racing it with a repair.
+func (s *Store) GameHasRunningJob(ctx context.Context, hostID, gameID string) (bool, error) {
+	running, err := s.q.GameHasRunningJob(ctx, dbsqlc.GameHasRunningJobParams{HostID: hostID, GameID: gameID})
+	if err != nil {
+		return false, fmt.Errorf("check running jobs of game %s: %w", gameID, err)
+	}
+	return running, nil
+}

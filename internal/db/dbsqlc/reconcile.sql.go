@@ -9,6 +9,29 @@ import (
 	"context"
 )
 
+const gameHasRunningJob = `-- name: GameHasRunningJob :one
+SELECT EXISTS (
+    SELECT 1 FROM jobs
+    WHERE game_id = $1
+      AND host_id = $2
+      AND status = 'running'
+)::boolean AS running
+`
+
+type GameHasRunningJobParams struct {
+	GameID string
+	HostID string
+}
+
+// Whether a job of the game on the host is running: it is changing the
+// game's container now and commits the record's transition itself.
+func (q *Queries) GameHasRunningJob(ctx context.Context, arg GameHasRunningJobParams) (bool, error) {
+	row := q.db.QueryRow(ctx, gameHasRunningJob, arg.GameID, arg.HostID)
+	var running bool
+	err := row.Scan(&running)
+	return running, err
+}
+
 const gameHasUnfinishedJob = `-- name: GameHasUnfinishedJob :one
 SELECT EXISTS (
     SELECT 1 FROM jobs
