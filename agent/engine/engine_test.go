@@ -15,6 +15,7 @@ import (
 
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
+	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
 // env is one test's view of the real daemon: its own host id (so its
@@ -92,7 +93,7 @@ func (e *env) startReady(c engine.Container, statePath string, start func() erro
 	if err := start(); err != nil {
 		e.t.Fatalf("start %s: %v", c.Name, err)
 	}
-	dockertest.WaitFor(e.t, time.Minute, "engine "+c.Name+" ready", func() (bool, error) {
+	wait.ForErr(e.t, time.Minute, "engine "+c.Name+" ready", func() (bool, error) {
 		_, err := os.Stat(file)
 		return err == nil, err
 	})
@@ -101,7 +102,7 @@ func (e *env) startReady(c engine.Container, statePath string, start func() erro
 func (e *env) waitState(id, state string) engine.Container {
 	e.t.Helper()
 	var c engine.Container
-	dockertest.WaitFor(e.t, time.Minute, "container "+id+" "+state, func() (bool, error) {
+	wait.ForErr(e.t, time.Minute, "container "+id+" "+state, func() (bool, error) {
 		var err error
 		c, err = e.d.InspectContainer(e.ctx, id)
 		return err == nil && c.State == state, err
@@ -383,7 +384,7 @@ func TestEvents(t *testing.T) {
 		defer mu.Unlock()
 		return slices.Clone(got)
 	}
-	dockertest.WaitFor(t, time.Minute, "destroy event", func() (bool, error) {
+	wait.ForErr(t, time.Minute, "destroy event", func() (bool, error) {
 		return slices.ContainsFunc(snapshot(), func(ev engine.Event) bool { return ev.ID == c.ID && ev.Action == "destroy" }), nil
 	})
 

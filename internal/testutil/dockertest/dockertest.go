@@ -213,27 +213,3 @@ func CreateUnmanaged(t testing.TB, name, image string, labels map[string]string)
 	}
 	return res.ID
 }
-
-// WaitFor polls cond until it returns true or timeout passes (then the test
-// fails with the last error or msg). Use it instead of sleeping.
-func WaitFor(t testing.TB, timeout time.Duration, msg string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var lastErr error
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		lastErr = err
-		if time.Now().After(deadline) {
-			if lastErr != nil {
-				t.Fatalf("timed out after %s waiting for %s: %v", timeout, msg, lastErr)
-			}
-			t.Fatalf("timed out after %s waiting for %s", timeout, msg)
-		}
-		<-tick.C
-	}
-}
