@@ -287,6 +287,10 @@ func disposed(id string, jobID int64) db.Decision {
 		if cur == nil {
 			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, runtime.ErrNotFound
 		}
+		if cur.Status == runtime.StatusRemoved {
+			// A reconcile pass or the watcher recorded it first.
+			return *cur, outbox.TransitionDetails{}, nil
+		}
 		r, err := cur.Remove(id, at)
 		return r, outbox.TransitionDetails{Reason: outbox.ReasonReconcileDispose, JobID: jobID, RequestedByJob: true}, err
 	}
@@ -341,6 +345,13 @@ func (e *Executor) remove(ctx context.Context, t worker.Task, rec runtime.Runtim
 	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		if cur == nil {
 			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("remove game %s: %w", g, runtime.ErrNotFound)
+		}
+		if cur.Status == runtime.StatusRemoved {
+			// Between our removal and this commit a reconcile pass found
+			// the container gone (it does not know our intent) and
+			// recorded the removal: the job's goal is reached, with no
+			// change left to write.
+			return *cur, outbox.TransitionDetails{}, nil
 		}
 		r, err := cur.Remove("", at)
 		return r, details(outbox.ReasonJobRemove, jobID), err
