@@ -9,7 +9,7 @@ TEST_FLAGS ?= -race -timeout 25m
 BENCH     ?= .
 BENCHTIME ?= 2s
 
-.PHONY: help build image generate check-generated vet test test-disruptive bench clean
+.PHONY: help build image generate check-generated vet test test-disruptive bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,8 +40,17 @@ test: vet check-generated ## vet, generated-code check, and all tests with the r
 test-disruptive: ## tests that restart the local dockerd (make test runs them under CI only)
 	RTM_TEST_RESTART_DOCKERD=1 $(GO) test $(TEST_FLAGS) -count=1 -run 'TestDaemonRestart' ./agent/watcher/
 
-bench: ## run the benchmarks and print their figures as one table
+bench: ## run the benchmarks and print their figures as one table, then the fleet simulation
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./... | tee bench.out | awk -f scripts/benchtable.awk
+	$(MAKE) --no-print-directory bench-fleet
+
+FLEET_HOSTS ?= 1,100,1000
+FLEET_FLAGS ?=
+bench-fleet: ## simulate a fleet on one PostgreSQL (idle cost, pickup latency, throughput) at FLEET_HOSTS hosts
+	$(GO) run ./internal/loadsim/cmd/loadsim -hosts $(FLEET_HOSTS) $(FLEET_FLAGS) | tee bench-fleet.out
+
+demo: build ## start `rtmanager dev` and play the Game Master against it: start, kill, stop, remove, change image
+	bin/rtmanager demo
 
 clean: ## remove build output
-	rm -rf bin bench.out
+	rm -rf bin bench.out bench-fleet.out

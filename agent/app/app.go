@@ -1,7 +1,9 @@
 // Package app assembles the agent: it connects to PostgreSQL and Docker,
-// registers the host, and runs the job worker, the events watcher, the
-// reconciler, the cleanup sweeper and the heartbeat side by side until it
-// is told to stop, then drains.
+// waits for its host's lease (agent/leader: one active agent per host, the
+// others stand by), and while it holds it runs the job worker, the events
+// watcher, the reconciler and the cleanup sweeper side by side until it is
+// told to stop, then drains and releases the lease. Losing the lease
+// cancels them all and makes the agent a standby again.
 package app
 
 import (
@@ -14,10 +16,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -26,6 +30,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/executor"
 	"github.com/galaxy/rtmanager/agent/health"
 	"github.com/galaxy/rtmanager/agent/intent"
+	"github.com/galaxy/rtmanager/agent/leader"
 	"github.com/galaxy/rtmanager/agent/liveness"
 	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/agent/sweeper"
@@ -65,18 +70,27 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if err := policy.Validate(); err != nil {
 		return fmt.Errorf("job policy: %w", err)
 	}
-	if err := prepareSchema(ctx, cfg, log); err != nil {
-		return err
+	if cfg.AutoMigrate {
+		if err := db.MigrateUp(ctx, cfg.MigrateURL(), db.MigrateOptions{LockTimeout: cfg.MigrateLockTimeout, Logger: log}); err != nil {
+			return err
+		}
 	}
 	pool, err := db.Connect(ctx, cfg.DatabaseURL, func(pc *pgxpool.Config) {
 		pc.ConnConfig.Tracer = otelpgx.NewTracer()
 		pc.MaxConns = int32(max(cfg.Concurrency+6, 10))
+		ConfigurePool(pc, cfg)
 	})
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	store := db.NewStore(pool, nil)
+	if err := store.CheckSchema(ctx); err != nil {
+		if cfg.AutoMigrate {
+			return err
+		}
+		return fmt.Errorf("%w: run `rtmanager migrate up`, or start with --auto-migrate", err)
+	}
 
 	docker, err := engine.New(engine.Options{
 		Host: cfg.DockerHost, HostID: cfg.HostID, CallTimeout: 30 * time.Second, TracerProvider: tel.TracerProvider,
@@ -93,34 +107,21 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	}
 
 	agentID := newAgentID(cfg.HostID)
-	if _, err := store.RegisterHost(ctx, cfg.HostID, agentID, version); err != nil {
-		return err
-	}
-	heartbeat, err := liveness.NewHeartbeater(store, cfg.HostID, agentID, cfg.HeartbeatInterval, log)
+	lease := leader.New(store, leader.Config{
+		HostID: cfg.HostID, AgentID: agentID, Version: version,
+		TTL: cfg.HostLeaseTTL, PollInterval: cfg.HostLeasePoll,
+		// The renewal is also the host's heartbeat.
+		RenewInterval: min(cfg.HostLeaseTTL/3, cfg.HeartbeatInterval),
+		Logger:        log,
+	})
+	unregister, err := liveness.RegisterFleetMetrics(store, lease.Active, log)
 	if err != nil {
-		return err
+		return fmt.Errorf("register fleet metrics: %w", err)
 	}
-	intents := intent.New(10*time.Minute, nil)
-	exec := executor.New(docker, intents, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log})
-	work := worker.New(store, exec, intents, worker.Config{
-		HostID: cfg.HostID, Owner: agentID, Concurrency: cfg.Concurrency,
-		LeaseDuration: cfg.LeaseDuration, PollInterval: cfg.PollInterval, UseListen: cfg.UseListen,
-		Policy: policy, Network: cfg.DockerNetwork, Logger: log, DrainTimeout: cfg.DrainTimeout,
-	})
-	rec := reconcile.New(store, docker, reconcile.Config{
-		HostID: cfg.HostID, Interval: cfg.ReconcileInterval, OrphanGrace: cfg.OrphanGrace, Logger: log,
-	})
-	watch := watcher.New(store, docker, rec, intents, watcher.Config{
-		HostID: cfg.HostID, IdleTimeout: cfg.EventsIdleTimeout, Logger: log,
-	})
-	sweep, err := sweeper.New(store, docker, intents, sweeper.Config{
-		HostID: cfg.HostID, Schedule: cfg.SweepSchedule, StoppedTTL: cfg.StoppedTTL,
-		JobRetention: cfg.JobRetention, OutboxRetention: cfg.OutboxRetention, Logger: log,
-	})
-	if err != nil {
-		return err
-	}
+	defer func() { _ = unregister() }()
 
+	// The parts of the current active term; nil while standing by.
+	var current atomic.Pointer[parts]
 	checks := []health.Check{
 		{Name: "database", Func: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
@@ -129,10 +130,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 			return store.CheckSchema(ctx)
 		}},
 		{Name: "docker events stream", Func: func(context.Context) error {
-			if !watch.Connected() {
+			p := current.Load()
+			if p != nil && !p.watch.Connected() {
 				return errors.New("not connected to the Docker daemon's events stream")
 			}
-			return nil
+			return nil // connected, or a standby, which watches nothing
 		}},
 	}
 	var srv *http.Server
@@ -154,16 +156,32 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		}()
 	}
 
-	log.Info("agent started", "host_id", cfg.HostID, "agent_id", agentID, "version", version,
+	// One attempt now, so that the host is registered (or known to be
+	// held by another agent) by the time the agent says it started.
+	active, err := lease.TryAcquire(ctx)
+	if err != nil {
+		log.Warn("acquiring the host lease failed; retrying", "err", err)
+	}
+
+	log.Info("agent started", "active", active, "host_id", cfg.HostID, "agent_id", agentID, "version", version,
 		"database", db.Redact(cfg.DatabaseURL), "docker_api", docker.APIVersion(), "schema_version", db.SchemaVersion,
-		"http_addr", cfg.HTTPAddr, "concurrency", cfg.Concurrency, "listen", cfg.UseListen)
+		"http_addr", cfg.HTTPAddr, "concurrency", cfg.Concurrency, "listen", cfg.UseListen, "pooler_mode", cfg.PoolerMode,
+		"host_lease_ttl", lease.Config().TTL, "takeover_within", lease.HandoverBound())
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return named("heartbeat", heartbeat.Run(gctx)) })
-	g.Go(func() error { return named("reconciler", rec.Run(gctx)) })
-	g.Go(func() error { return named("events watcher", watch.Run(gctx)) })
-	g.Go(func() error { return named("job worker", work.Run(gctx)) })
-	g.Go(func() error { return named("sweeper", sweep.Run(gctx)) })
+	g.Go(func() error {
+		// Everything that acts on the host runs only while this agent
+		// holds the host's lease; a fenced term cancels it all.
+		return lease.Run(gctx, func(tctx context.Context) error {
+			p, err := newParts(cfg, log, store, docker, policy, agentID)
+			if err != nil {
+				return err
+			}
+			current.Store(p)
+			defer current.Store(nil)
+			return p.run(tctx)
+		})
+	})
 	g.Go(func() error { return notifySystemd(gctx, log) })
 
 	err = g.Wait()
@@ -173,6 +191,68 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	}
 	log.Info("agent stopped", "host_id", cfg.HostID)
 	return nil
+}
+
+// ConfigurePool adapts a pool to the configured pooler mode. Behind a
+// transaction pooler a session's server connection changes between
+// transactions, so named server-side prepared statements (pgx's default
+// statement cache) cannot be used: the pool describes each statement once
+// and then runs it as an unnamed statement, every time in one round trip
+// (pgx's QueryExecModeCacheDescribe).
+func ConfigurePool(pc *pgxpool.Config, cfg *config.Config) {
+	if cfg.TransactionPooler() {
+		pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	}
+}
+
+// parts are what an active agent runs on its host; a new set for every
+// term of the host lease.
+type parts struct {
+	work  *worker.Worker
+	rec   *reconcile.Reconciler
+	watch *watcher.Watcher
+	sweep *sweeper.Sweeper
+}
+
+func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *engine.Docker, policy job.Policy, agentID string) (*parts, error) {
+	intents := intent.New(10*time.Minute, nil)
+	exec := executor.New(docker, intents, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log})
+	poll := cfg.PollInterval
+	if cfg.UseListen {
+		// Notifications wake the worker: polling is only a safety net.
+		poll = max(cfg.ListenPollInterval, cfg.PollInterval)
+	}
+	p := &parts{}
+	p.work = worker.New(store, exec, intents, worker.Config{
+		HostID: cfg.HostID, Owner: agentID, Concurrency: cfg.Concurrency,
+		LeaseDuration: cfg.LeaseDuration, PollInterval: poll, UseListen: cfg.UseListen,
+		Policy: policy, Network: cfg.DockerNetwork, Logger: log, DrainTimeout: cfg.DrainTimeout,
+	})
+	p.rec = reconcile.New(store, docker, reconcile.Config{
+		HostID: cfg.HostID, Interval: cfg.ReconcileInterval, OrphanGrace: cfg.OrphanGrace, Logger: log,
+	})
+	p.watch = watcher.New(store, docker, p.rec, intents, watcher.Config{
+		HostID: cfg.HostID, IdleTimeout: cfg.EventsIdleTimeout, Logger: log,
+	})
+	var err error
+	p.sweep, err = sweeper.New(store, docker, intents, sweeper.Config{
+		HostID: cfg.HostID, Schedule: cfg.SweepSchedule, StoppedTTL: cfg.StoppedTTL,
+		JobRetention: cfg.JobRetention, OutboxRetention: cfg.OutboxRetention, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// run runs the parts until ctx ends or one of them fails.
+func (p *parts) run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return named("reconciler", p.rec.Run(gctx)) })
+	g.Go(func() error { return named("events watcher", p.watch.Run(gctx)) })
+	g.Go(func() error { return named("job worker", p.work.Run(gctx)) })
+	g.Go(func() error { return named("sweeper", p.sweep.Run(gctx)) })
+	return g.Wait()
 }
 
 func named(part string, err error) error {
@@ -204,21 +284,6 @@ func notifySystemd(ctx context.Context, log *slog.Logger) error {
 			_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 		}
 	}
-}
-
-// prepareSchema migrates the database, or checks that it was migrated.
-func prepareSchema(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	if cfg.AutoMigrate {
-		return db.MigrateUp(ctx, cfg.DatabaseURL, db.MigrateOptions{LockTimeout: cfg.MigrateLockTimeout, Logger: log})
-	}
-	v, dirty, err := db.MigrationVersion(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return err
-	}
-	if dirty || v != db.SchemaVersion {
-		return fmt.Errorf("the database schema is at version %d (dirty=%v) but this build needs %d: run `rtmanager migrate up`, or start with --auto-migrate", v, dirty, db.SchemaVersion)
-	}
-	return nil
 }
 
 // newAgentID names this process: host, pid and a random part, so that a

@@ -47,6 +47,13 @@ func commands() []command {
 	}, operatorCommands()...)
 }
 
+// hiddenCommands run like the others but are left out of the usage.
+func hiddenCommands() []command {
+	return []command{
+		{"demo", "start `rtmanager dev` and play the Game Master against it (make demo)", cmdDemo},
+	}
+}
+
 // Main runs the command line args (without the program name) and returns
 // the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
@@ -63,7 +70,7 @@ func run(ctx context.Context, args []string, e *env) int {
 		}
 		return ExitOK
 	}
-	for _, c := range commands() {
+	for _, c := range append(commands(), hiddenCommands()...) {
 		if c.name == args[0] {
 			return c.run(ctx, e, args[1:])
 		}
@@ -153,7 +160,7 @@ func cmdMigrate(ctx context.Context, e *env, args []string) int {
 	}
 	switch rest[0] {
 	case "up":
-		if err := db.MigrateUp(ctx, cfg.DatabaseURL, opts); err != nil {
+		if err := db.MigrateUp(ctx, cfg.MigrateURL(), opts); err != nil {
 			return fail(e, "migrate up", err)
 		}
 		fmt.Fprintf(e.stdout, "schema at version %d\n", db.SchemaVersion)
@@ -167,13 +174,13 @@ func cmdMigrate(ctx context.Context, e *env, args []string) int {
 			}
 			steps = n
 		}
-		if err := db.MigrateDown(ctx, cfg.DatabaseURL, steps, opts); err != nil {
+		if err := db.MigrateDown(ctx, cfg.MigrateURL(), steps, opts); err != nil {
 			return fail(e, "migrate down", err)
 		}
-		v, _, _ := db.MigrationVersion(ctx, cfg.DatabaseURL)
+		v, _, _ := db.MigrationVersion(ctx, cfg.MigrateURL())
 		fmt.Fprintf(e.stdout, "schema at version %d\n", v)
 	case "version":
-		v, dirty, err := db.MigrationVersion(ctx, cfg.DatabaseURL)
+		v, dirty, err := db.MigrationVersion(ctx, cfg.MigrateURL())
 		if err != nil {
 			return fail(e, "migrate version", err)
 		}
@@ -192,7 +199,7 @@ func cmdMigrate(ctx context.Context, e *env, args []string) int {
 			fmt.Fprintf(e.stderr, "rtmanager migrate force: VERSION must be a number, got %q\n", rest[1])
 			return ExitUsage
 		}
-		if err := db.MigrateForce(ctx, cfg.DatabaseURL, v, opts); err != nil {
+		if err := db.MigrateForce(ctx, cfg.MigrateURL(), v, opts); err != nil {
 			return fail(e, "migrate force", err)
 		}
 		fmt.Fprintf(e.stdout, "schema recorded at version %d\n", v)

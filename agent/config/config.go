@@ -18,7 +18,14 @@ import (
 
 // Config is every setting of the agent.
 type Config struct {
-	DatabaseURL        string
+	DatabaseURL string
+	// MigrateDatabaseURL, when set, is where migrations run: a direct
+	// connection, when DatabaseURL goes through a transaction pooler.
+	MigrateDatabaseURL string
+	// PoolerMode is "session" (default: a direct connection or a session
+	// pooler) or "transaction" (PgBouncer pool_mode=transaction): no
+	// LISTEN, no server-side prepared statements.
+	PoolerMode         string
 	HostID             string
 	DockerHost         string
 	DockerNetwork      string
@@ -29,6 +36,10 @@ type Config struct {
 	AutoMigrate        bool
 	MigrateLockTimeout time.Duration
 	HeartbeatInterval  time.Duration
+	// HostLeaseTTL is the life of the host lease that makes one agent per
+	// host active; HostLeasePoll how often a standby tries to take it
+	// (0: a third of the TTL).
+	HostLeaseTTL, HostLeasePoll time.Duration
 
 	HTTPAddr string
 
@@ -37,7 +48,10 @@ type Config struct {
 	LeaseDuration time.Duration
 	PollInterval  time.Duration
 	UseListen     bool
-	DrainTimeout  time.Duration
+	// ListenPollInterval is the polling period while LISTEN works: only a
+	// safety net, so long, to keep an idle agent's load small.
+	ListenPollInterval time.Duration
+	DrainTimeout       time.Duration
 
 	// Events watcher and reconciler.
 	EventsIdleTimeout time.Duration
@@ -99,6 +113,10 @@ func registerDatabase(c *Config, fs *flag.FlagSet, errs *[]error) {
 	}
 	fs.StringVar(&c.DatabaseURL, "database-url", def,
 		"PostgreSQL URL, postgres://user[:password]@host[:port]/dbname[?sslmode=...] (env RTM_DATABASE_URL, or RTM_DATABASE_URL_FILE naming a file that holds it)")
+	fs.StringVar(&c.MigrateDatabaseURL, "migrate-database-url", envString("RTM_MIGRATE_DATABASE_URL", ""),
+		"PostgreSQL URL migrations run on, when --database-url goes through a transaction pooler (env RTM_MIGRATE_DATABASE_URL; default --database-url)")
+	fs.StringVar(&c.PoolerMode, "db-pooler-mode", envString("RTM_DB_POOLER_MODE", "session"),
+		"session, or transaction behind PgBouncer in transaction mode: polling instead of LISTEN, no server-side prepared statements (env RTM_DB_POOLER_MODE)")
 	fs.BoolVar(&c.AutoMigrate, "auto-migrate", envBool(errs, "RTM_AUTO_MIGRATE", true),
 		"apply pending schema migrations at start-up (env RTM_AUTO_MIGRATE)")
 	fs.DurationVar(&c.MigrateLockTimeout, "migrate-lock-timeout", envDuration(errs, "RTM_MIGRATE_LOCK_TIMEOUT", 10*time.Minute),
@@ -122,6 +140,10 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 	c.AllowedImages = splitList(os.Getenv("RTM_ALLOWED_IMAGES"))
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", envDuration(errs, "RTM_HEARTBEAT_INTERVAL", 10*time.Second),
 		"how often the agent refreshes its host's heartbeat (env RTM_HEARTBEAT_INTERVAL)")
+	fs.DurationVar(&c.HostLeaseTTL, "host-lease-ttl", envDuration(errs, "RTM_HOST_LEASE_TTL", 15*time.Second),
+		"life of the host lease: one agent per host is active; a standby takes over within ttl + poll after it dies (env RTM_HOST_LEASE_TTL)")
+	fs.DurationVar(&c.HostLeasePoll, "host-lease-poll", envDuration(errs, "RTM_HOST_LEASE_POLL", 0),
+		"how often a standby agent tries to take the host lease; 0 is a third of the ttl (env RTM_HOST_LEASE_POLL)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", envString("RTM_HTTP_ADDR", "127.0.0.1:9464"),
 		"address of /healthz, /readyz and /metrics; empty disables them (env RTM_HTTP_ADDR)")
 
@@ -133,6 +155,8 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 		"how often the queue is polled when no notification came (env RTM_POLL_INTERVAL)")
 	fs.BoolVar(&c.UseListen, "listen", envBool(errs, "RTM_LISTEN", true),
 		"wake on new jobs through LISTEN/NOTIFY; set false behind a transaction pooler such as PgBouncer (env RTM_LISTEN)")
+	fs.DurationVar(&c.ListenPollInterval, "listen-poll-interval", envDuration(errs, "RTM_LISTEN_POLL_INTERVAL", 30*time.Second),
+		"how often the queue is polled while LISTEN works, as a safety net (env RTM_LISTEN_POLL_INTERVAL)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", envDuration(errs, "RTM_DRAIN_TIMEOUT", 30*time.Second),
 		"on SIGTERM, how long running jobs may finish before their leases are given back (env RTM_DRAIN_TIMEOUT)")
 
@@ -168,6 +192,14 @@ func (c *Config) check(what []Setting) error {
 		if c.MigrateLockTimeout <= 0 {
 			errs = append(errs, errors.New("--migrate-lock-timeout must be positive"))
 		}
+		switch c.PoolerMode {
+		case "session":
+		case "transaction":
+			// LISTEN needs a session; polling takes over.
+			c.UseListen = false
+		default:
+			errs = append(errs, fmt.Errorf("--db-pooler-mode (RTM_DB_POOLER_MODE) must be session or transaction, got %q", c.PoolerMode))
+		}
 	}
 	if has(Agent) {
 		if strings.TrimSpace(c.HostID) == "" {
@@ -183,10 +215,15 @@ func (c *Config) check(what []Setting) error {
 			{"--drain-timeout (RTM_DRAIN_TIMEOUT)", c.DrainTimeout},
 			{"--events-idle-timeout (RTM_EVENTS_IDLE_TIMEOUT)", c.EventsIdleTimeout},
 			{"--reconcile-interval (RTM_RECONCILE_INTERVAL)", c.ReconcileInterval},
+			{"--host-lease-ttl (RTM_HOST_LEASE_TTL)", c.HostLeaseTTL},
+			{"--listen-poll-interval (RTM_LISTEN_POLL_INTERVAL)", c.ListenPollInterval},
 		} {
 			if d.v <= 0 {
 				errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.name, d.v))
 			}
+		}
+		if c.HostLeasePoll < 0 {
+			errs = append(errs, fmt.Errorf("--host-lease-poll (RTM_HOST_LEASE_POLL) must not be negative, got %s", c.HostLeasePoll))
 		}
 		if c.Concurrency < 1 {
 			errs = append(errs, fmt.Errorf("--concurrency (RTM_CONCURRENCY) must be at least 1, got %d", c.Concurrency))
@@ -215,6 +252,19 @@ func (c *Config) check(what []Setting) error {
 	}
 	return errors.Join(errs...)
 }
+
+// MigrateURL is the URL migrations run on: MigrateDatabaseURL, else
+// DatabaseURL.
+func (c *Config) MigrateURL() string {
+	if c.MigrateDatabaseURL != "" {
+		return c.MigrateDatabaseURL
+	}
+	return c.DatabaseURL
+}
+
+// TransactionPooler reports a database reached through a transaction
+// pooler: no session features.
+func (c *Config) TransactionPooler() bool { return c.PoolerMode == "transaction" }
 
 func envString(name, def string) string {
 	if v, ok := os.LookupEnv(name); ok && v != "" {

@@ -1,9 +1,12 @@
 // Package liveness keeps this agent's host row alive and says which hosts
 // are down.
 //
-// Every agent refreshes its host's heartbeat on an interval (Heartbeater).
-// A host whose heartbeat is older than a threshold is down: the CLI and the
-// metrics show it (db.Store.ListHostsWithLiveness). Nothing is taken over
+// The agent's heartbeat is its host-lease renewal (agent/leader), which
+// also refreshes heartbeat_at; Heartbeater is the heartbeat alone, for a
+// process that registered with db.Store.RegisterHost. A host whose
+// heartbeat is older than a threshold is down: the CLI shows it
+// (db.Store.ListHostsWithLiveness), and RegisterFleetMetrics exports the
+// fleet's queue depth per host and the hosts without a live agent. Nothing is taken over
 // from a down host: jobs are claimed by host id, so its queued jobs wait
 // for it to come back, and its containers are its own.
 package liveness

@@ -28,7 +28,7 @@ func (q *Queries) AdvanceEventCursor(ctx context.Context, arg AdvanceEventCursor
 }
 
 const getHost = `-- name: GetHost :one
-SELECT host_id, agent_id, agent_version, started_at, heartbeat_at, event_cursor_nanos, created_at FROM hosts WHERE host_id = $1
+SELECT host_id, agent_id, agent_version, started_at, heartbeat_at, event_cursor_nanos, created_at, lease_expires_at FROM hosts WHERE host_id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, hostID string) (Host, error) {
@@ -42,6 +42,7 @@ func (q *Queries) GetHost(ctx context.Context, hostID string) (Host, error) {
 		&i.HeartbeatAt,
 		&i.EventCursorNanos,
 		&i.CreatedAt,
+		&i.LeaseExpiresAt,
 	)
 	return i, err
 }
@@ -64,7 +65,7 @@ func (q *Queries) HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (i
 }
 
 const listHosts = `-- name: ListHosts :many
-SELECT host_id, agent_id, agent_version, started_at, heartbeat_at, event_cursor_nanos, created_at FROM hosts ORDER BY host_id
+SELECT host_id, agent_id, agent_version, started_at, heartbeat_at, event_cursor_nanos, created_at, lease_expires_at FROM hosts ORDER BY host_id
 `
 
 func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
@@ -84,6 +85,7 @@ func (q *Queries) ListHosts(ctx context.Context) ([]Host, error) {
 			&i.HeartbeatAt,
 			&i.EventCursorNanos,
 			&i.CreatedAt,
+			&i.LeaseExpiresAt,
 		); err != nil {
 			return nil, err
 		}
@@ -103,7 +105,7 @@ ON CONFLICT (host_id) DO UPDATE SET
     agent_version = EXCLUDED.agent_version,
     started_at = now(),
     heartbeat_at = now()
-RETURNING host_id, agent_id, agent_version, started_at, heartbeat_at, event_cursor_nanos, created_at
+RETURNING host_id, agent_id, agent_version, started_at, heartbeat_at, event_cursor_nanos, created_at, lease_expires_at
 `
 
 type RegisterHostParams struct {
@@ -123,6 +125,7 @@ func (q *Queries) RegisterHost(ctx context.Context, arg RegisterHostParams) (Hos
 		&i.HeartbeatAt,
 		&i.EventCursorNanos,
 		&i.CreatedAt,
+		&i.LeaseExpiresAt,
 	)
 	return i, err
 }

@@ -12,7 +12,7 @@ import (
 
 const listHostsWithLiveness = `-- name: ListHostsWithLiveness :many
 
-SELECT hosts.host_id, hosts.agent_id, hosts.agent_version, hosts.started_at, hosts.heartbeat_at, hosts.event_cursor_nanos, hosts.created_at,
+SELECT hosts.host_id, hosts.agent_id, hosts.agent_version, hosts.started_at, hosts.heartbeat_at, hosts.event_cursor_nanos, hosts.created_at, hosts.lease_expires_at,
     (hosts.heartbeat_at < now() - $1::bigint * interval '1 millisecond')::boolean AS down,
     (SELECT count(*) FROM jobs j WHERE j.host_id = hosts.host_id AND j.status = 'queued')::bigint AS queued_jobs,
     now()::timestamptz AS checked_at
@@ -48,6 +48,7 @@ func (q *Queries) ListHostsWithLiveness(ctx context.Context, thresholdMs int64) 
 			&i.Host.HeartbeatAt,
 			&i.Host.EventCursorNanos,
 			&i.Host.CreatedAt,
+			&i.Host.LeaseExpiresAt,
 			&i.Down,
 			&i.QueuedJobs,
 			&i.CheckedAt,

@@ -16,6 +16,7 @@ type Host struct {
 	HeartbeatAt      time.Time
 	EventCursorNanos int64
 	CreatedAt        time.Time
+	LeaseExpiresAt   *time.Time
 }
 
 type Job struct {

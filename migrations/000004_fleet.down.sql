@@ -1,0 +1,1 @@
+ALTER TABLE hosts DROP COLUMN lease_expires_at;
