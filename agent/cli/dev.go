@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,17 +44,26 @@ func defaultDevDir() string {
 
 func cmdDev(ctx context.Context, e *env, args []string) int {
 	var cfg config.Config
-	var dataDir string
+	var dataDir, databaseURL string
 	var reset bool
 	extra := func(fs *flag.FlagSet) {
 		fs.StringVar(&dataDir, "data-dir", envOr("RTM_DEV_DIR", defaultDevDir()),
 			"where the dev database and game state live between runs (env RTM_DEV_DIR)")
 		fs.BoolVar(&reset, "reset", false, "delete the dev database and state first, and start afresh")
+		fs.StringVar(&databaseURL, "database-url", "",
+			"use this PostgreSQL database instead of a local one (env RTM_DATABASE_URL, or RTM_DATABASE_URL_FILE naming a file that holds it)")
 	}
 	if _, code, ok := parseWith(e, "dev", "[flags]", args, &cfg, extra, config.Agent, config.Logging); !ok {
 		return code
 	}
-	cfg.DatabaseURL = os.Getenv("RTM_DATABASE_URL")
+	if databaseURL == "" {
+		url, err := devDatabaseURL()
+		if err != nil {
+			return usageError(e, "dev", err)
+		}
+		databaseURL = url
+	}
+	cfg.DatabaseURL = databaseURL
 	cfg.AutoMigrate = true
 	cfg.MigrateLockTimeout = db.DefaultMigrateLockTimeout
 	if os.Getenv("RTM_STATE_ROOT") == "" && !flagGiven(args, "state-root") {
@@ -61,6 +72,11 @@ func cmdDev(ctx context.Context, e *env, args []string) int {
 	if os.Getenv("RTM_DOCKER_NETWORK") == "" && !flagGiven(args, "docker-network") {
 		cfg.DockerNetwork = "galaxy-dev"
 	}
+	httpAddr, err := resolveHTTPAddr(cfg.HTTPAddr)
+	if err != nil {
+		return usageError(e, "dev", err)
+	}
+	cfg.HTTPAddr = httpAddr
 	log := newLogger(e.stderr, &cfg)
 
 	if reset {
@@ -70,6 +86,10 @@ func cmdDev(ctx context.Context, e *env, args []string) int {
 	}
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return fail(e, "dev", fmt.Errorf("create %s: %w (choose another place with --data-dir)", dataDir, err))
+	}
+	// The state root must exist: game state directories resolve inside it.
+	if err := os.MkdirAll(cfg.StateRoot, 0o755); err != nil {
+		return fail(e, "dev", fmt.Errorf("create the state root %s: %w (choose another place with --state-root)", cfg.StateRoot, err))
 	}
 
 	if cfg.DatabaseURL == "" {
@@ -150,21 +170,68 @@ func printDevBanner(w io.Writer, cfg *config.Config, dataDir, imageRef string) {
 	if imageRef == "" {
 		imageRef = "<an image in RTM_ALLOWED_IMAGES>"
 	}
+	httpLine := "disabled (--http-addr)"
+	if cfg.HTTPAddr != "" {
+		httpLine = "http://" + cfg.HTTPAddr + "   (/healthz, /readyz, /metrics)"
+	}
+	url := db.Redact(cfg.DatabaseURL)
 	fmt.Fprintf(w, `rtmanager dev
   database     %s
+  http         %s
   host id      %s
   state root   %s
   network      %s
   engine image %s
   data dir     %s   (rtmanager dev --reset starts afresh)
 
-Start a game (plain SQL, as the Game Master does):
-  psql '%s' -c "INSERT INTO jobs (host_id, game_id, kind, payload) VALUES ('%s', 'demo-1', 'start', '{\"image_ref\": \"%s\"}')"
+Start a game, from another terminal:
+  export RTM_DATABASE_URL='%s'
+  rtmanager jobs enqueue --host %s --game demo-1 --kind start --payload '{"image_ref": "%s"}'
+or with plain SQL, as the Game Master does:
+  psql "$RTM_DATABASE_URL" -c "INSERT INTO jobs (host_id, game_id, kind, payload) VALUES ('%s', 'demo-1', 'start', '{\"image_ref\": \"%s\"}')"
 Watch what happened:
-  psql '%s' -c "SELECT game_id, status, current_container_id FROM runtime_records" -c "SELECT id, type, game_id FROM outbox ORDER BY xid, id"
+  rtmanager records list; rtmanager events tail --follow
 
-`, db.Redact(cfg.DatabaseURL), cfg.HostID, cfg.StateRoot, cfg.DockerNetwork, imageRef, dataDir,
-		db.Redact(cfg.DatabaseURL), cfg.HostID, imageRef, db.Redact(cfg.DatabaseURL))
+`, url, httpLine, cfg.HostID, cfg.StateRoot, cfg.DockerNetwork, imageRef, dataDir,
+		url, cfg.HostID, imageRef, cfg.HostID, imageRef)
+}
+
+// devDatabaseURL is the database `rtmanager dev` uses instead of its own:
+// RTM_DATABASE_URL, or the file RTM_DATABASE_URL_FILE names; "" for none.
+func devDatabaseURL() (string, error) {
+	if url := os.Getenv("RTM_DATABASE_URL"); url != "" {
+		return url, nil
+	}
+	file := os.Getenv("RTM_DATABASE_URL_FILE")
+	if file == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("RTM_DATABASE_URL_FILE: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// resolveHTTPAddr turns port 0 into a free port, so that the banner can
+// say where the health endpoints are.
+func resolveHTTPAddr(addr string) (string, error) {
+	if addr == "" {
+		return "", nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("--http-addr %q: %w", addr, err)
+	}
+	if port != "0" {
+		return addr, nil
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", fmt.Errorf("--http-addr %q: %w", addr, err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 // flagGiven reports whether args set the named flag explicitly.

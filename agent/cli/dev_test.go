@@ -65,7 +65,7 @@ func TestDevStartsItsOwnDatabase(t *testing.T) {
 			return strings.Contains(errOut.String(), `"msg":"agent started"`)
 		})
 		banner := out.String()
-		for _, want := range []string{"database", "host id      " + hostID, "INSERT INTO jobs", "rtmanager-engine:"} {
+		for _, want := range []string{"database", "http         http://127.0.0.1:", "host id      " + hostID, "INSERT INTO jobs", "rtmanager jobs enqueue", "rtmanager-engine:"} {
 			if !strings.Contains(banner, want) {
 				t.Fatalf("round %d: banner lacks %q:\n%s", round, want, banner)
 			}
@@ -90,6 +90,11 @@ func TestDevStartsItsOwnDatabase(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dataDir, "postgres", "PG_VERSION")); err != nil {
 		t.Fatalf("the dev database is not kept in the data directory: %v", err)
+	}
+	// Game state directories must resolve inside the state root: dev
+	// creates it.
+	if fi, err := os.Stat(filepath.Join(dataDir, "state")); err != nil || !fi.IsDir() {
+		t.Fatalf("the dev state root was not created: %v", err)
 	}
 }
 

@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/galaxy/rtmanager/rtmclient"
 )
 
@@ -43,7 +46,7 @@ func isHelp(s string) bool { return s == "-h" || s == "--help" || s == "help" }
 
 func jobsEnqueue(ctx context.Context, e *env, args []string) int {
 	var req rtmclient.JobRequest
-	var kind, payload, payloadFile, runAfter string
+	var kind, payload, payloadFile, runAfter, traceparent string
 	c, code, ok := parseOps(e, "jobs enqueue", "--host HOST --game GAME --kind KIND [--payload JSON | --payload-file FILE] [flags]", args, func(fs *flag.FlagSet) {
 		fs.StringVar(&req.HostID, "host", "", "host whose agent runs the job (required)")
 		fs.StringVar(&req.GameID, "game", "", "game id (required)")
@@ -53,6 +56,7 @@ func jobsEnqueue(ctx context.Context, e *env, args []string) int {
 		fs.StringVar(&req.IdempotencyKey, "idempotency-key", "", "enqueue at most one job of the game with this key")
 		fs.IntVar(&req.MaxAttempts, "max-attempts", 0, "attempts before the job fails, 1..100; 0 takes the agent's default")
 		fs.StringVar(&runAfter, "run-after", "", "delay: a duration from now (90s) or an RFC 3339 time")
+		fs.StringVar(&traceparent, "traceparent", "", "W3C trace context (00-<trace id>-<span id>-<flags>) the agent's spans continue")
 	})
 	if !ok {
 		return code
@@ -83,6 +87,12 @@ func jobsEnqueue(ctx context.Context, e *env, args []string) int {
 			req.RunAfter = t
 		} else {
 			return usageError(e, c.name, fmt.Errorf("--run-after must be a duration (90s) or an RFC 3339 time, got %q", runAfter))
+		}
+	}
+	if traceparent != "" {
+		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": traceparent})
+		if !trace.SpanContextFromContext(ctx).IsValid() {
+			return usageError(e, c.name, fmt.Errorf("--traceparent must be a W3C traceparent, 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>, got %q", traceparent))
 		}
 	}
 	req.Payload = rtmclient.RawPayload{JobKind: rtmclient.Kind(kind), JSON: json.RawMessage(payload)}

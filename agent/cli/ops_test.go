@@ -2,10 +2,12 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
+	"github.com/galaxy/rtmanager/rtmclient"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/ with the current output")
@@ -185,6 +188,7 @@ func TestOperatorCommandsUsage(t *testing.T) {
 		{[]string{"jobs", "list", "--status", "done", "--database-url", url}, ExitUsage, "--status"},
 		{[]string{"jobs", "enqueue", "--host", "h", "--database-url", url}, ExitUsage, "required"},
 		{[]string{"jobs", "enqueue", "--host", "h", "--game", "g", "--kind", "explode", "--database-url", url}, ExitError, "not a job kind"},
+		{[]string{"jobs", "enqueue", "--host", "h", "--game", "g", "--kind", "remove", "--traceparent", "00-abc", "--database-url", url}, ExitUsage, "--traceparent"},
 		{[]string{"records", "list", "--status", "gone", "--database-url", url}, ExitUsage, "--status"},
 		{[]string{"hosts", "list", "--down-after", "0s", "--database-url", url}, ExitUsage, "--down-after"},
 		{[]string{"events"}, ExitUsage, "say what to do"},
@@ -198,6 +202,25 @@ func TestOperatorCommandsUsage(t *testing.T) {
 			continue
 		}
 		oneLine(t, r, tc.want)
+	}
+}
+
+// TestJobsEnqueueTraceparent: --traceparent is stored with the job, so the
+// agent's spans continue the caller's trace.
+func TestJobsEnqueueTraceparent(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	r := ops(t, url, ExitOK, "jobs", "enqueue", "-o", "json", "--host", "host-a", "--game", "g1", "--kind", "remove", "--traceparent", tp)
+	var j rtmclient.Job
+	if err := json.Unmarshal([]byte(r.stdout), &j); err != nil {
+		t.Fatalf("%v: %s", err, r.stdout)
+	}
+	if j.Traceparent != tp {
+		t.Fatalf("traceparent %q, want %q", j.Traceparent, tp)
+	}
+	if show := ops(t, url, ExitOK, "jobs", "show", strconv.FormatInt(j.ID, 10)).stdout; !strings.Contains(show, tp) {
+		t.Fatalf("jobs show lacks the traceparent:\n%s", show)
 	}
 }
 
