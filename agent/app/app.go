@@ -138,11 +138,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		}},
 	}
 	var srv *http.Server
+	httpAddr := "" // the address really listened on (cfg's may end in :0)
 	if cfg.HTTPAddr != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
 			return fmt.Errorf("listen on RTM_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 		}
+		httpAddr = ln.Addr().String()
 		srv = &http.Server{Handler: health.Handler(checks, tel.MetricsHandler), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -165,7 +167,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 
 	log.Info("agent started", "active", active, "host_id", cfg.HostID, "agent_id", agentID, "version", version,
 		"database", db.Redact(cfg.DatabaseURL), "docker_api", docker.APIVersion(), "schema_version", db.SchemaVersion,
-		"http_addr", cfg.HTTPAddr, "concurrency", cfg.Concurrency, "listen", cfg.UseListen, "pooler_mode", cfg.PoolerMode,
+		"http_addr", httpAddr, "concurrency", cfg.Concurrency, "listen", cfg.UseListen, "pooler_mode", cfg.PoolerMode,
 		"host_lease_ttl", lease.Config().TTL, "takeover_within", lease.HandoverBound())
 
 	g, gctx := errgroup.WithContext(ctx)
