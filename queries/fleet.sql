@@ -53,3 +53,17 @@ ORDER BY j.host_id;
 -- Registered hosts whose lease has expired or was released: no live agent.
 SELECT count(*)::bigint FROM hosts
 WHERE lease_expires_at IS NULL OR lease_expires_at <= now();
+
+-- name: TakeOverHostLease :one
+-- Takes the lease from dead_agent_id, an agent the caller knows to be dead
+-- (a process of this machine that no longer exists), without waiting for
+-- the lease to expire. No row: the lease has moved on since.
+UPDATE hosts
+SET agent_id = sqlc.arg(agent_id),
+    agent_version = sqlc.arg(agent_version),
+    started_at = now(),
+    heartbeat_at = now(),
+    lease_expires_at = now() + sqlc.arg(ttl_ms)::bigint * interval '1 millisecond'
+WHERE host_id = sqlc.arg(host_id)
+  AND agent_id = sqlc.arg(dead_agent_id)
+RETURNING *;

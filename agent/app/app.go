@@ -8,14 +8,11 @@ package app
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -106,10 +103,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return fmt.Errorf("cannot reach the Docker daemon (%v): start dockerd, or point RTM_DOCKER_HOST (or DOCKER_HOST) at it", err)
 	}
 
-	agentID := newAgentID(cfg.HostID)
+	agentID := leader.NewAgentID(cfg.HostID)
 	lease := leader.New(store, leader.Config{
 		HostID: cfg.HostID, AgentID: agentID, Version: version,
-		TTL: cfg.HostLeaseTTL, PollInterval: cfg.HostLeasePoll,
+		TTL: cfg.HostLeaseTTL, PollInterval: cfg.HostLeasePoll, IsDead: leader.DeadOnThisMachine,
 		// The renewal is also the host's heartbeat.
 		RenewInterval: min(cfg.HostLeaseTTL/3, cfg.HeartbeatInterval),
 		Logger:        log,
@@ -228,6 +225,10 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 	p.work = worker.New(store, exec, intents, worker.Config{
 		HostID: cfg.HostID, Owner: agentID, Concurrency: cfg.Concurrency,
 		LeaseDuration: cfg.LeaseDuration, PollInterval: poll, UseListen: cfg.UseListen,
+		// Expired job leases of this host are requeued when the agent
+		// becomes active; later only this agent's own lost leases can
+		// expire, so a slow period keeps the idle cost down.
+		RescueInterval: max(2*time.Minute, cfg.LeaseDuration),
 		Policy: policy, Network: cfg.DockerNetwork, Logger: log, DrainTimeout: cfg.DrainTimeout,
 	})
 	p.rec = reconcile.New(store, docker, reconcile.Config{
@@ -288,10 +289,3 @@ func notifySystemd(ctx context.Context, log *slog.Logger) error {
 	}
 }
 
-// newAgentID names this process: host, pid and a random part, so that a
-// restarted agent is told apart from the one before it.
-func newAgentID(hostID string) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return fmt.Sprintf("%s/%d/%s", hostID, os.Getpid(), hex.EncodeToString(b[:]))
-}

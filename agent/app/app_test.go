@@ -23,6 +23,7 @@ import (
 
 	"github.com/galaxy/rtmanager/agent/app"
 	"github.com/galaxy/rtmanager/agent/config"
+	"github.com/galaxy/rtmanager/agent/leader"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
@@ -88,7 +89,7 @@ func (a *agent) log() string {
 
 // id is the agent id the process registers with (app.newAgentID).
 func (a *agent) idPrefix(hostID string) string {
-	return fmt.Sprintf("%s/%d/", hostID, a.cmd.Process.Pid)
+	return leader.AgentIDPrefix(hostID, a.cmd.Process.Pid)
 }
 
 func (a *agent) signal(sig syscall.Signal) {

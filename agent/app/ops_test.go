@@ -18,6 +18,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 	"github.com/galaxy/rtmanager/internal/pgcluster"
+	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
@@ -157,4 +158,36 @@ func metricSum(t *testing.T, addr, name string, want map[string]string) float64 
 		}
 	}
 	return sum
+}
+
+// TestRestartAfterCrashTakesOverAtOnce: an agent killed with SIGKILL and
+// started again on the same machine does not wait for its dead
+// predecessor's host lease to expire — it sees that process is gone and
+// takes the lease over while it is still valid.
+func TestRestartAfterCrashTakesOverAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.URL(t))
+	e.vars["RTM_HOST_LEASE_TTL"] = "60s"
+	e.vars["RTM_HOST_LEASE_POLL"] = "250ms"
+	a := e.start("a")
+	wait.For(t, time.Minute, "agent a active", func() bool { return strings.HasPrefix(e.holder(), a.idPrefix(e.hostID)) })
+	expires := e.host().LeaseExpiresAt
+	if expires == nil {
+		t.Fatal("the active agent's lease has no expiry")
+	}
+	_ = a.cmd.Process.Kill()
+	<-a.done // reaped: its pid no longer exists
+
+	b := e.start("b")
+	wait.For(t, time.Minute, "agent b active", func() bool { return strings.HasPrefix(e.holder(), b.idPrefix(e.hostID)) })
+	var stillValid bool
+	if err := e.store.Pool().QueryRow(context.Background(), "SELECT now() < $1", *expires).Scan(&stillValid); err != nil {
+		t.Fatal(err)
+	}
+	if !stillValid {
+		t.Fatalf("b became active only after a's lease expired at %s: it waited instead of taking over", expires)
+	}
+	if !strings.Contains(b.log(), "took the host lease over from a dead agent") {
+		t.Fatalf("b's log does not say it took the lease over:\n%s", b.log())
+	}
 }

@@ -138,9 +138,9 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 		return nil
 	})
 	c.AllowedImages = splitList(os.Getenv("RTM_ALLOWED_IMAGES"))
-	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", envDuration(errs, "RTM_HEARTBEAT_INTERVAL", 10*time.Second),
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", envDuration(errs, "RTM_HEARTBEAT_INTERVAL", 20*time.Second),
 		"how often the agent refreshes its host's heartbeat (env RTM_HEARTBEAT_INTERVAL)")
-	fs.DurationVar(&c.HostLeaseTTL, "host-lease-ttl", envDuration(errs, "RTM_HOST_LEASE_TTL", 15*time.Second),
+	fs.DurationVar(&c.HostLeaseTTL, "host-lease-ttl", envDuration(errs, "RTM_HOST_LEASE_TTL", 60*time.Second),
 		"life of the host lease: one agent per host is active; a standby takes over within ttl + poll after it dies (env RTM_HOST_LEASE_TTL)")
 	fs.DurationVar(&c.HostLeasePoll, "host-lease-poll", envDuration(errs, "RTM_HOST_LEASE_POLL", 0),
 		"how often a standby agent tries to take the host lease; 0 is a third of the ttl (env RTM_HOST_LEASE_POLL)")
@@ -155,7 +155,7 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 		"how often the queue is polled when no notification came (env RTM_POLL_INTERVAL)")
 	fs.BoolVar(&c.UseListen, "listen", envBool(errs, "RTM_LISTEN", true),
 		"wake on new jobs through LISTEN/NOTIFY; set false behind a transaction pooler such as PgBouncer (env RTM_LISTEN)")
-	fs.DurationVar(&c.ListenPollInterval, "listen-poll-interval", envDuration(errs, "RTM_LISTEN_POLL_INTERVAL", 30*time.Second),
+	fs.DurationVar(&c.ListenPollInterval, "listen-poll-interval", envDuration(errs, "RTM_LISTEN_POLL_INTERVAL", time.Minute),
 		"how often the queue is polled while LISTEN works, as a safety net (env RTM_LISTEN_POLL_INTERVAL)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", envDuration(errs, "RTM_DRAIN_TIMEOUT", 30*time.Second),
 		"on SIGTERM, how long running jobs may finish before their leases are given back (env RTM_DRAIN_TIMEOUT)")

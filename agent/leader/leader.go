@@ -35,7 +35,7 @@ import (
 )
 
 // DefaultTTL is the lease's default time to live.
-const DefaultTTL = 15 * time.Second
+const DefaultTTL = 60 * time.Second
 
 // ErrFenced is the cause of an active term's cancellation when the lease
 // could not be renewed in time or was found taken.
@@ -44,6 +44,8 @@ var ErrFenced = errors.New("host lease lost: this agent fenced itself")
 // Store is the lease's persistence (db.Store implements it).
 type Store interface {
 	AcquireHostLease(ctx context.Context, hostID, agentID, version string, ttl time.Duration) (db.HostLease, error)
+	GetHost(ctx context.Context, hostID string) (db.Host, error)
+	TakeOverHostLease(ctx context.Context, hostID, deadAgentID, agentID, version string, ttl time.Duration) (db.HostLease, error)
 	RenewHostLease(ctx context.Context, hostID, agentID string, ttl time.Duration) error
 	ReleaseHostLease(ctx context.Context, hostID, agentID string) (bool, error)
 }
@@ -62,6 +64,11 @@ type Config struct {
 	Margin time.Duration
 	// PollInterval is how often a standby tries to acquire (TTL/3).
 	PollInterval time.Duration
+	// IsDead, when set, tells whether the lease's holder is known to be
+	// dead (DeadOnThisMachine): then the lease is taken over at once
+	// instead of after its ttl, so an agent restarted after a crash does
+	// not wait for its own predecessor's lease.
+	IsDead func(agentID string) bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -179,7 +186,7 @@ func (l *Lease) TryAcquire(ctx context.Context) (bool, error) {
 	}
 	sent := time.Now()
 	actx, cancel := context.WithTimeout(ctx, l.cfg.TTL-l.cfg.Margin)
-	lease, err := l.store.AcquireHostLease(actx, l.cfg.HostID, l.cfg.AgentID, l.cfg.Version, l.cfg.TTL)
+	lease, err := l.acquire(actx)
 	cancel()
 	switch {
 	case err == nil:
@@ -191,6 +198,24 @@ func (l *Lease) TryAcquire(ctx context.Context) (bool, error) {
 	default:
 		return false, err
 	}
+}
+
+// acquire makes one attempt: the lease when it is free, expired or ours,
+// or, when its holder is known to be dead, the holder's.
+func (l *Lease) acquire(ctx context.Context) (db.HostLease, error) {
+	lease, err := l.store.AcquireHostLease(ctx, l.cfg.HostID, l.cfg.AgentID, l.cfg.Version, l.cfg.TTL)
+	if !errors.Is(err, db.ErrLeaseHeld) || l.cfg.IsDead == nil {
+		return lease, err
+	}
+	h, herr := l.store.GetHost(ctx, l.cfg.HostID)
+	if herr != nil || !l.cfg.IsDead(h.AgentID) {
+		return lease, err
+	}
+	lease, err = l.store.TakeOverHostLease(ctx, l.cfg.HostID, h.AgentID, l.cfg.AgentID, l.cfg.Version, l.cfg.TTL)
+	if err == nil {
+		l.log.Info("took the host lease over from a dead agent of this machine", "dead_agent_id", h.AgentID)
+	}
+	return lease, err
 }
 
 // waitAcquire tries at once, then every PollInterval, until it holds the
@@ -206,7 +231,7 @@ func (l *Lease) waitAcquire(ctx context.Context) (time.Time, error) {
 	for {
 		sent := time.Now()
 		actx, cancel := context.WithTimeout(ctx, l.cfg.TTL-l.cfg.Margin)
-		lease, err := l.store.AcquireHostLease(actx, l.cfg.HostID, l.cfg.AgentID, l.cfg.Version, l.cfg.TTL)
+		lease, err := l.acquire(actx)
 		cancel()
 		switch {
 		case err == nil:

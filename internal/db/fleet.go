@@ -102,3 +102,26 @@ func (s *Store) FleetHostsDown(ctx context.Context) (int64, error) {
 	}
 	return n, nil
 }
+
+// TakeOverHostLease takes the host's lease from deadAgentID, which the
+// caller knows to be dead, without waiting for the lease to expire;
+// ErrLeaseHeld when the lease is no longer deadAgentID's.
+func (s *Store) TakeOverHostLease(ctx context.Context, hostID, deadAgentID, agentID, version string, ttl time.Duration) (HostLease, error) {
+	if ttl <= 0 {
+		return HostLease{}, fmt.Errorf("take over host lease: ttl must be positive, got %s", ttl)
+	}
+	row, err := s.q.TakeOverHostLease(ctx, dbsqlc.TakeOverHostLeaseParams{
+		HostID: hostID, DeadAgentID: deadAgentID, AgentID: agentID, AgentVersion: version, TtlMs: ttl.Milliseconds(),
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return HostLease{}, fmt.Errorf("host %s: %w", hostID, ErrLeaseHeld)
+	}
+	if err != nil {
+		return HostLease{}, fmt.Errorf("take over the lease of host %s: %w", hostID, err)
+	}
+	l := HostLease{Host: hostFromRow(row)}
+	if row.LeaseExpiresAt != nil {
+		l.ExpiresAt = row.LeaseExpiresAt.UTC()
+	}
+	return l, nil
+}

@@ -20,6 +20,9 @@ type Host struct {
 	HeartbeatAt      time.Time
 	EventCursorNanos int64
 	CreatedAt        time.Time
+	// LeaseExpiresAt is when the active agent's host lease runs out; nil
+	// when it was released.
+	LeaseExpiresAt *time.Time
 }
 
 // ErrHostNotFound reports that no agent ever registered the host.
@@ -77,6 +80,7 @@ func hostFromRow(r dbsqlc.Host) Host {
 		HeartbeatAt:      r.HeartbeatAt.UTC(),
 		EventCursorNanos: r.EventCursorNanos,
 		CreatedAt:        r.CreatedAt.UTC(),
+		LeaseExpiresAt:   utcPtr(r.LeaseExpiresAt),
 	}
 }
 

@@ -72,7 +72,7 @@ func (o *Options) defaults() {
 		o.HostLeaseTTL = leader.DefaultTTL
 	}
 	if o.ListenPollInterval <= 0 {
-		o.ListenPollInterval = 30 * time.Second
+		o.ListenPollInterval = time.Minute
 	}
 	if o.LeaseDuration <= 0 {
 		o.LeaseDuration = 30 * time.Second
@@ -142,6 +142,8 @@ func Run(ctx context.Context, o Options) (Report, error) {
 				w := worker.New(store, worker.Noop, nil, worker.Config{
 					HostID: h, Owner: owner, Concurrency: 4, LeaseDuration: o.LeaseDuration,
 					PollInterval: o.ListenPollInterval, Policy: policy, Logger: o.Logger,
+					// As the agent (agent/app) sets it.
+					RescueInterval: max(2*time.Minute, o.LeaseDuration),
 				})
 				mu.Lock()
 				workers[h] = w

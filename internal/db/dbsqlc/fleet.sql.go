@@ -157,3 +157,48 @@ func (q *Queries) RenewHostLease(ctx context.Context, arg RenewHostLeaseParams) 
 	}
 	return result.RowsAffected(), nil
 }
+
+const takeOverHostLease = `-- name: TakeOverHostLease :one
+UPDATE hosts
+SET agent_id = $1,
+    agent_version = $2,
+    started_at = now(),
+    heartbeat_at = now(),
+    lease_expires_at = now() + $3::bigint * interval '1 millisecond'
+WHERE host_id = $4
+  AND agent_id = $5
+RETURNING host_id, agent_id, agent_version, started_at, heartbeat_at, event_cursor_nanos, created_at, lease_expires_at
+`
+
+type TakeOverHostLeaseParams struct {
+	AgentID      string
+	AgentVersion string
+	TtlMs        int64
+	HostID       string
+	DeadAgentID  string
+}
+
+// Takes the lease from dead_agent_id, an agent the caller knows to be dead
+// (a process of this machine that no longer exists), without waiting for
+// the lease to expire. No row: the lease has moved on since.
+func (q *Queries) TakeOverHostLease(ctx context.Context, arg TakeOverHostLeaseParams) (Host, error) {
+	row := q.db.QueryRow(ctx, takeOverHostLease,
+		arg.AgentID,
+		arg.AgentVersion,
+		arg.TtlMs,
+		arg.HostID,
+		arg.DeadAgentID,
+	)
+	var i Host
+	err := row.Scan(
+		&i.HostID,
+		&i.AgentID,
+		&i.AgentVersion,
+		&i.StartedAt,
+		&i.HeartbeatAt,
+		&i.EventCursorNanos,
+		&i.CreatedAt,
+		&i.LeaseExpiresAt,
+	)
+	return i, err
+}

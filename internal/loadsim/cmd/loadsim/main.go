@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/galaxy/rtmanager/agent/leader"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/loadsim"
 	"github.com/galaxy/rtmanager/internal/pgcluster"
@@ -25,9 +26,9 @@ func main() {
 	hosts := flag.String("hosts", "1,100,1000", "comma-separated simulated host counts, one run each")
 	jobs := flag.Int("jobs", 3000, "jobs the Game Master simulator inserts per run")
 	rate := flag.Float64("rate", 300, "jobs inserted per second")
-	idle := flag.Duration("idle", 15*time.Second, "how long the idle cost is measured")
-	ttl := flag.Duration("host-lease-ttl", 15*time.Second, "RTM_HOST_LEASE_TTL of the simulated agents")
-	poll := flag.Duration("listen-poll-interval", 30*time.Second, "RTM_LISTEN_POLL_INTERVAL of the simulated agents")
+	idle := flag.Duration("idle", time.Minute, "how long the idle cost is measured (at least the longest period below, so that every periodic statement is counted)")
+	ttl := flag.Duration("host-lease-ttl", leader.DefaultTTL, "RTM_HOST_LEASE_TTL of the simulated agents")
+	poll := flag.Duration("listen-poll-interval", time.Minute, "RTM_LISTEN_POLL_INTERVAL of the simulated agents")
 	leaseDur := flag.Duration("lease-duration", 30*time.Second, "RTM_LEASE_DURATION (job lease, and rescue period) of the simulated agents")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
