@@ -225,11 +225,11 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 	p.work = worker.New(store, exec, intents, worker.Config{
 		HostID: cfg.HostID, Owner: agentID, Concurrency: cfg.Concurrency,
 		LeaseDuration: cfg.LeaseDuration, PollInterval: poll, UseListen: cfg.UseListen,
+		Policy: policy, Network: cfg.DockerNetwork, Logger: log, DrainTimeout: cfg.DrainTimeout,
 		// Expired job leases of this host are requeued when the agent
 		// becomes active; later only this agent's own lost leases can
 		// expire, so a slow period keeps the idle cost down.
 		RescueInterval: max(2*time.Minute, cfg.LeaseDuration),
-		Policy: policy, Network: cfg.DockerNetwork, Logger: log, DrainTimeout: cfg.DrainTimeout,
 	})
 	p.rec = reconcile.New(store, docker, reconcile.Config{
 		HostID: cfg.HostID, Interval: cfg.ReconcileInterval, OrphanGrace: cfg.OrphanGrace, Logger: log,
@@ -288,4 +288,3 @@ func notifySystemd(ctx context.Context, log *slog.Logger) error {
 		}
 	}
 }
-
