@@ -120,6 +120,9 @@ func TestStartSurvivesAgentKilledMidJob(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	j := e.succeeded(id)
+	// The worker counts a success after its commit returns, a moment after
+	// the job reads as succeeded.
+	wait.For(t, 30*time.Second, "the worker to count the success", func() bool { return w.Stats().Succeeded == 1 })
 	if j.Attempt != 2 || w.Stats().Requeued != 1 || w.Stats().Succeeded != 1 {
 		t.Fatalf("job %+v, stats %+v: want the job requeued once and completed by the new agent", j, w.Stats())
 	}

@@ -154,6 +154,8 @@ func TestRetriesTransientErrorsThenSucceeds(t *testing.T) {
 	if j.Attempt != 3 || calls.Load() != 3 {
 		t.Fatalf("attempt %d, calls %d", j.Attempt, calls.Load())
 	}
+	// Counters move a moment after the commit the test has just seen.
+	wait.For(t, 10*time.Second, "the success counted", func() bool { return w.Stats().Succeeded == 1 })
 	if st := w.Stats(); st.Retried != 2 || st.Succeeded != 1 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -320,6 +322,7 @@ func TestLeaseLostBeforeTheFinishWritesNothing(t *testing.T) {
 	waitStatus(t, s, ids[0], job.StatusSucceeded)
 	waitStatus(t, s, ids[2], job.StatusSucceeded)
 	wait.For(t, 10*time.Second, "lease lost counted", func() bool { return w.Stats().LeaseLost == 1 })
+	wait.For(t, 10*time.Second, "the successes counted", func() bool { return w.Stats().Succeeded >= 2 })
 	if st := w.Stats(); st.Succeeded != 2 {
 		t.Fatalf("stats %+v", st)
 	}
