@@ -122,7 +122,7 @@ func cmdHosts(ctx context.Context, e *env, args []string) int {
 	}
 	var downAfter time.Duration
 	c, code, ok := parseOps(e, "hosts list", "[--down-after DURATION]", args[1:], func(fs *flag.FlagSet) {
-		fs.DurationVar(&downAfter, "down-after", 30*time.Second, "a host whose heartbeat is older than this is down (three heartbeat intervals is a good value)")
+		fs.DurationVar(&downAfter, "down-after", 3*20*time.Second, "a host whose heartbeat is older than this is down (three heartbeat intervals, RTM_HEARTBEAT_INTERVAL, is a good value)")
 	})
 	if !ok {
 		return code
