@@ -22,24 +22,13 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/testutil/agentbin"
 	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
 	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
-
-// buildAgent compiles a static rtmanager binary into dir.
-func buildAgent(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "rtmanager")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/galaxy/rtmanager/agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build rtmanager: %v\n%s", err, out)
-	}
-	return bin
-}
 
 func TestSystemdUnitVerifies(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
@@ -50,7 +39,7 @@ func TestSystemdUnitVerifies(t *testing.T) {
 		t.Skip("systemd-analyze not installed")
 	}
 	dir := t.TempDir()
-	bin := buildAgent(t, dir)
+	bin := agentbin.Build(t)
 	unit, err := os.ReadFile("systemd/rtmanager.service")
 	if err != nil {
 		t.Fatal(err)
@@ -84,14 +73,13 @@ func TestContainerImageRunsTheAgent(t *testing.T) {
 		t.Skip("the test database is not on a Unix socket (RTM_TEST_DATABASE_URL); the container cannot reach it")
 	}
 
-	dir := t.TempDir()
-	buildAgent(t, dir)
+	bin := agentbin.Build(t)
 	dockerfile, err := os.ReadFile("container/Dockerfile")
 	if err != nil {
 		t.Fatal(err)
 	}
 	image := "rtmanager-test-agent:" + dockertest.UniqueName(t)
-	buildCtx := tarOf(t, map[string][]byte{"Dockerfile": dockerfile, "rtmanager": mustRead(t, filepath.Join(dir, "rtmanager"))})
+	buildCtx := tarOf(t, map[string][]byte{"Dockerfile": dockerfile, "rtmanager": mustRead(t, bin)})
 	res, err := cli.ImageBuild(ctx, buildCtx, client.ImageBuildOptions{Tags: []string{image}, Remove: true, ForceRemove: true})
 	if err != nil {
 		t.Fatalf("build the agent image: %v", err)

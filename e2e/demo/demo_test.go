@@ -25,6 +25,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/internal/testutil/agentbin"
 	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 	"github.com/galaxy/rtmanager/rtmclient"
@@ -46,21 +47,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// buildBinary builds bin/rtmanager into a temporary directory.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("go toolchain not on PATH: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "rtmanager")
-	cmd := exec.Command(goBin, "build", "-o", bin, "github.com/galaxy/rtmanager/agent")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // childEnv is the test's environment without RTM_* settings, so that dev
@@ -251,7 +237,7 @@ func randomHex(n int) string {
 // outbox and Docker.
 func TestDevEndToEnd(t *testing.T) {
 	docker := dockertest.Client(t)
-	bin := buildBinary(t)
+	bin := agentbin.Build(t)
 	hostID := dockertest.UniqueName(t)
 	dockertest.RemoveLabelled(t, engine.LabelHost, hostID)
 	a := startDev(t, bin, hostID)
