@@ -9,7 +9,7 @@ TEST_FLAGS ?= -race -timeout 25m
 BENCH     ?= .
 BENCHTIME ?= 2s
 
-.PHONY: help build image generate check-generated vet test test-disruptive bench demo clean
+.PHONY: help build image generate check-generated vet test test-disruptive fuzz bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ test: vet check-generated ## vet, generated-code check, and all tests with the r
 
 test-disruptive: ## tests that restart the local dockerd (make test runs them under CI only)
 	RTM_TEST_RESTART_DOCKERD=1 $(GO) test $(TEST_FLAGS) -count=1 -run 'TestDaemonRestart' ./agent/watcher/
+
+FUZZTIME  ?= 20s
+
+fuzz: ## run the job-payload and event-mapping fuzzers for FUZZTIME each (CI runs it after make test)
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/domain/job/
+	$(GO) test -run '^$$' -fuzz '^FuzzMap$$' -fuzztime $(FUZZTIME) ./agent/watcher/
 
 bench: ## run the benchmarks and print their figures as one table, then the fleet simulation
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./... | tee bench.out | awk -f scripts/benchtable.awk

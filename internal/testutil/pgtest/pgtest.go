@@ -54,9 +54,15 @@ type testServer struct {
 
 // Main runs the package's tests and tears down what pgtest set up.
 func Main(m *testing.M) {
+	os.Exit(Run(m))
+}
+
+// Run is Main for a TestMain with work of its own after the tests: it
+// runs them, tears down what pgtest set up and returns the exit code.
+func Run(m *testing.M) int {
 	code := m.Run()
 	teardown()
-	os.Exit(code)
+	return code
 }
 
 // URL returns the URL of a new, migrated database that is dropped when the
