@@ -57,13 +57,31 @@ WHERE lease_expires_at IS NULL OR lease_expires_at <= now();
 -- name: TakeOverHostLease :one
 -- Takes the lease from dead_agent_id, an agent the caller knows to be dead
 -- (a process of this machine that no longer exists), without waiting for
--- the lease to expire. No row: the lease has moved on since.
-UPDATE hosts
-SET agent_id = sqlc.arg(agent_id),
-    agent_version = sqlc.arg(agent_version),
-    started_at = now(),
-    heartbeat_at = now(),
-    lease_expires_at = now() + sqlc.arg(ttl_ms)::bigint * interval '1 millisecond'
-WHERE host_id = sqlc.arg(host_id)
-  AND agent_id = sqlc.arg(dead_agent_id)
-RETURNING *;
+-- the lease to expire, and in the same statement gives that agent's running
+-- jobs back to the queue: their leases have not expired yet, but nobody
+-- renews them. No row: the lease has moved on since.
+WITH took AS (
+    UPDATE hosts
+    SET agent_id = sqlc.arg(agent_id),
+        agent_version = sqlc.arg(agent_version),
+        started_at = now(),
+        heartbeat_at = now(),
+        lease_expires_at = now() + sqlc.arg(ttl_ms)::bigint * interval '1 millisecond'
+    WHERE hosts.host_id = sqlc.arg(host_id)
+      AND hosts.agent_id = sqlc.arg(dead_agent_id)
+    RETURNING hosts.host_id, hosts.lease_expires_at
+),
+requeued AS (
+    UPDATE jobs
+    SET status = 'queued',
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        last_error = 'the agent running this job died; requeued by the agent that took its host over'
+    FROM took
+    WHERE jobs.host_id = took.host_id
+      AND jobs.status = 'running'
+      AND jobs.lease_owner = sqlc.arg(dead_agent_id)
+    RETURNING jobs.id
+)
+SELECT took.lease_expires_at, (SELECT count(*) FROM requeued)::bigint AS requeued
+FROM took;

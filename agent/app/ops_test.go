@@ -160,34 +160,53 @@ func metricSum(t *testing.T, addr, name string, want map[string]string) float64 
 	return sum
 }
 
-// TestRestartAfterCrashTakesOverAtOnce: an agent killed with SIGKILL and
-// started again on the same machine does not wait for its dead
-// predecessor's host lease to expire — it sees that process is gone and
-// takes the lease over while it is still valid.
+// TestRestartAfterCrashTakesOverAtOnce: an agent killed with SIGKILL in
+// the middle of a job and started again on the same machine does not wait
+// for its dead predecessor's host lease, nor for the job's lease, to
+// expire: it sees that process is gone, takes the host lease over while it
+// is still valid, gives the dead agent's running job back to the queue at
+// once, and runs it.
 func TestRestartAfterCrashTakesOverAtOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, pgtest.URL(t))
 	e.vars["RTM_HOST_LEASE_TTL"] = "60s"
 	e.vars["RTM_HOST_LEASE_POLL"] = "250ms"
+	e.vars["RTM_LEASE_DURATION"] = "60s"
 	a := e.start("a")
 	wait.For(t, time.Minute, "agent a active", func() bool { return strings.HasPrefix(e.holder(), a.idPrefix(e.hostID)) })
-	expires := e.host().LeaseExpiresAt
-	if expires == nil {
-		t.Fatal("the active agent's lease has no expiry")
+	start := e.enqueue("slow", job.KindStart, fmt.Sprintf(`{"image_ref": %q, "env": {"ENGINE_IGNORE_SIGTERM": "1"}}`, e.image))
+	e.waitJob(start, 2*time.Minute)
+	// A stop that takes its whole 5 s timeout: a's job when a dies.
+	stop := e.enqueue("slow", job.KindStop, `{"timeout_seconds": 5}`)
+	wait.For(t, time.Minute, "a to run the stop job", func() bool {
+		j, err := e.store.GetJob(context.Background(), stop)
+		return err == nil && j.Status == job.StatusRunning
+	})
+	hostLeaseEnds := e.host().LeaseExpiresAt
+	running, err := e.store.GetJob(context.Background(), stop)
+	if err != nil || hostLeaseEnds == nil || running.LeaseExpiresAt == nil {
+		t.Fatalf("before the kill: host lease %v, job %+v, %v", hostLeaseEnds, running, err)
 	}
 	_ = a.cmd.Process.Kill()
 	<-a.done // reaped: its pid no longer exists
 
 	b := e.start("b")
 	wait.For(t, time.Minute, "agent b active", func() bool { return strings.HasPrefix(e.holder(), b.idPrefix(e.hostID)) })
-	var stillValid bool
-	if err := e.store.Pool().QueryRow(context.Background(), "SELECT now() < $1", *expires).Scan(&stillValid); err != nil {
+	done := e.waitJob(stop, 2*time.Minute)
+	var hostLeaseValid, jobLeaseValid bool
+	err = e.store.Pool().QueryRow(context.Background(), "SELECT now() < $1, now() < $2", *hostLeaseEnds, *running.LeaseExpiresAt).
+		Scan(&hostLeaseValid, &jobLeaseValid)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !stillValid {
-		t.Fatalf("b became active only after a's lease expired at %s: it waited instead of taking over", expires)
+	if !hostLeaseValid || !jobLeaseValid {
+		t.Fatalf("b finished a's job only after a's leases expired (host lease valid %v, job lease valid %v): it waited instead of taking over",
+			hostLeaseValid, jobLeaseValid)
 	}
-	if !strings.Contains(b.log(), "took the host lease over from a dead agent") {
-		t.Fatalf("b's log does not say it took the lease over:\n%s", b.log())
+	if done.Attempt != 2 {
+		t.Fatalf("the stop job ended on attempt %d, want 2 (a's, then b's)", done.Attempt)
+	}
+	if !strings.Contains(b.log(), "took the host lease over from a dead agent") || !strings.Contains(b.log(), "requeued_jobs=1") {
+		t.Fatalf("b's log does not say it took the lease over and requeued a's job:\n%s", b.log())
 	}
 }

@@ -213,7 +213,8 @@ func (l *Lease) acquire(ctx context.Context) (db.HostLease, error) {
 	}
 	lease, err = l.store.TakeOverHostLease(ctx, l.cfg.HostID, h.AgentID, l.cfg.AgentID, l.cfg.Version, l.cfg.TTL)
 	if err == nil {
-		l.log.Info("took the host lease over from a dead agent of this machine", "dead_agent_id", h.AgentID)
+		l.log.Info("took the host lease over from a dead agent of this machine", "dead_agent_id", h.AgentID,
+			"requeued_jobs", lease.RequeuedJobs)
 	}
 	return lease, err
 }

@@ -20,6 +20,9 @@ type HostLease struct {
 	// ExpiresAt is when the lease ends unless renewed (the database's
 	// clock).
 	ExpiresAt time.Time
+	// RequeuedJobs counts the running jobs of a dead predecessor given back
+	// to the queue by TakeOverHostLease.
+	RequeuedJobs int64
 }
 
 // AcquireHostLease makes agentID the host's active agent for ttl when the
@@ -104,7 +107,8 @@ func (s *Store) FleetHostsDown(ctx context.Context) (int64, error) {
 }
 
 // TakeOverHostLease takes the host's lease from deadAgentID, which the
-// caller knows to be dead, without waiting for the lease to expire;
+// caller knows to be dead, without waiting for the lease to expire, and
+// requeues the running jobs deadAgentID held (nobody renews their leases);
 // ErrLeaseHeld when the lease is no longer deadAgentID's.
 func (s *Store) TakeOverHostLease(ctx context.Context, hostID, deadAgentID, agentID, version string, ttl time.Duration) (HostLease, error) {
 	if ttl <= 0 {
@@ -119,9 +123,10 @@ func (s *Store) TakeOverHostLease(ctx context.Context, hostID, deadAgentID, agen
 	if err != nil {
 		return HostLease{}, fmt.Errorf("take over the lease of host %s: %w", hostID, err)
 	}
-	l := HostLease{Host: hostFromRow(row)}
+	l := HostLease{Host: Host{HostID: hostID, AgentID: agentID, AgentVersion: version}, RequeuedJobs: row.Requeued}
 	if row.LeaseExpiresAt != nil {
 		l.ExpiresAt = row.LeaseExpiresAt.UTC()
+		l.LeaseExpiresAt = &l.ExpiresAt
 	}
 	return l, nil
 }

@@ -7,6 +7,7 @@ package dbsqlc
 
 import (
 	"context"
+	"time"
 )
 
 const acquireHostLease = `-- name: AcquireHostLease :one
@@ -159,15 +160,31 @@ func (q *Queries) RenewHostLease(ctx context.Context, arg RenewHostLeaseParams) 
 }
 
 const takeOverHostLease = `-- name: TakeOverHostLease :one
-UPDATE hosts
-SET agent_id = $1,
-    agent_version = $2,
-    started_at = now(),
-    heartbeat_at = now(),
-    lease_expires_at = now() + $3::bigint * interval '1 millisecond'
-WHERE host_id = $4
-  AND agent_id = $5
-RETURNING host_id, agent_id, agent_version, started_at, heartbeat_at, event_cursor_nanos, created_at, lease_expires_at
+WITH took AS (
+    UPDATE hosts
+    SET agent_id = $1,
+        agent_version = $2,
+        started_at = now(),
+        heartbeat_at = now(),
+        lease_expires_at = now() + $3::bigint * interval '1 millisecond'
+    WHERE hosts.host_id = $4
+      AND hosts.agent_id = $5
+    RETURNING hosts.host_id, hosts.lease_expires_at
+),
+requeued AS (
+    UPDATE jobs
+    SET status = 'queued',
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        last_error = 'the agent running this job died; requeued by the agent that took its host over'
+    FROM took
+    WHERE jobs.host_id = took.host_id
+      AND jobs.status = 'running'
+      AND jobs.lease_owner = $5
+    RETURNING jobs.id
+)
+SELECT took.lease_expires_at, (SELECT count(*) FROM requeued)::bigint AS requeued
+FROM took
 `
 
 type TakeOverHostLeaseParams struct {
@@ -178,10 +195,17 @@ type TakeOverHostLeaseParams struct {
 	DeadAgentID  string
 }
 
+type TakeOverHostLeaseRow struct {
+	LeaseExpiresAt *time.Time
+	Requeued       int64
+}
+
 // Takes the lease from dead_agent_id, an agent the caller knows to be dead
 // (a process of this machine that no longer exists), without waiting for
-// the lease to expire. No row: the lease has moved on since.
-func (q *Queries) TakeOverHostLease(ctx context.Context, arg TakeOverHostLeaseParams) (Host, error) {
+// the lease to expire, and in the same statement gives that agent's running
+// jobs back to the queue: their leases have not expired yet, but nobody
+// renews them. No row: the lease has moved on since.
+func (q *Queries) TakeOverHostLease(ctx context.Context, arg TakeOverHostLeaseParams) (TakeOverHostLeaseRow, error) {
 	row := q.db.QueryRow(ctx, takeOverHostLease,
 		arg.AgentID,
 		arg.AgentVersion,
@@ -189,16 +213,7 @@ func (q *Queries) TakeOverHostLease(ctx context.Context, arg TakeOverHostLeasePa
 		arg.HostID,
 		arg.DeadAgentID,
 	)
-	var i Host
-	err := row.Scan(
-		&i.HostID,
-		&i.AgentID,
-		&i.AgentVersion,
-		&i.StartedAt,
-		&i.HeartbeatAt,
-		&i.EventCursorNanos,
-		&i.CreatedAt,
-		&i.LeaseExpiresAt,
-	)
+	var i TakeOverHostLeaseRow
+	err := row.Scan(&i.LeaseExpiresAt, &i.Requeued)
 	return i, err
 }
