@@ -205,6 +205,7 @@ func (w *Worker) writeFailed(r *running, what string, err error) {
 	}
 	w.log.Error("could not write the job's outcome; it will run again when its lease expires",
 		"job_id", r.job.ID, "game_id", r.job.GameID, "what", what, "err", err)
+	w.rescueSoon()
 }
 
 // isDecisionError tells a refused record transition (the decision's own

@@ -210,6 +210,9 @@ type Worker struct {
 	claimed, succeeded, failed, cancelled, retried atomic.Int64
 	released, leaseLost, requeued, wakeups         atomic.Int64
 	listening                                      atomic.Bool
+	// rescueDue (Unix nanoseconds, 0: none) asks the claim loop for an
+	// early rescue: see rescueSoon.
+	rescueDue atomic.Int64
 }
 
 // running is one job in flight.
@@ -302,6 +305,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	rescue := time.NewTicker(cfg.RescueInterval)
 	defer rescue.Stop()
 	for ctx.Err() == nil {
+		w.rescueIfDue(ctx)
 		w.claim(ctx)
 		select {
 		case <-ctx.Done():
@@ -392,20 +396,57 @@ func (w *Worker) vacate(r *running) {
 	}
 }
 
-// rescue requeues the host's jobs whose lease expired.
-func (w *Worker) rescue(ctx context.Context) {
+// rescue requeues the host's jobs whose lease expired and reports whether
+// it could.
+func (w *Worker) rescue(ctx context.Context) bool {
 	ids, err := w.store.RequeueExpiredLeases(ctx, w.cfg.HostID)
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Warn("requeueing expired leases failed", "host_id", w.cfg.HostID, "err", err)
 		}
-		return
+		return false
 	}
 	if len(ids) > 0 {
 		w.requeued.Add(int64(len(ids)))
 		w.log.Warn("requeued jobs whose lease expired (their agent stopped renewing)", "host_id", w.cfg.HostID, "job_ids", ids)
 		w.signal()
 	}
+	return true
+}
+
+// rescueSoon asks for a rescue once the lease of a job this worker gave
+// up on has expired: a job whose outcome could not be written (the
+// database was away, the connection was terminated) or whose lease could
+// not be renewed stays running under an expired lease of this live agent,
+// and the periodic rescue may be minutes away. The lease expires at most
+// LeaseDuration from now; one more LeaseDuration allows for clock skew
+// between the agent and the database.
+func (w *Worker) rescueSoon() {
+	due := time.Now().Add(2 * w.cfg.LeaseDuration)
+	for {
+		cur := w.rescueDue.Load()
+		if cur >= due.UnixNano() {
+			return
+		}
+		if w.rescueDue.CompareAndSwap(cur, due.UnixNano()) {
+			break
+		}
+	}
+	time.AfterFunc(time.Until(due), w.signal)
+}
+
+// rescueIfDue runs the rescue rescueSoon asked for once it is due, and
+// tries again a little later while the database cannot be reached.
+func (w *Worker) rescueIfDue(ctx context.Context) {
+	due := w.rescueDue.Load()
+	if due == 0 || time.Now().UnixNano() < due {
+		return
+	}
+	if w.rescue(ctx) {
+		w.rescueDue.CompareAndSwap(due, 0)
+		return
+	}
+	time.AfterFunc(w.cfg.LeaseRenewInterval, w.signal)
 }
 
 // drain waits for running jobs, then interrupts the rest so they release
@@ -491,6 +532,7 @@ func (w *Worker) loseLease(r *running, why string) {
 	w.leaseLost.Add(1)
 	w.log.Warn("lost the lease of a running job; interrupting it", "job_id", r.job.ID, "game_id", r.job.GameID, "why", why)
 	r.cancel(errLeaseLost)
+	w.rescueSoon()
 }
 
 // listen keeps a session connection with LISTEN rtm_jobs and wakes the

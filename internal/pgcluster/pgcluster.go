@@ -221,19 +221,22 @@ func (c *Cluster) URL(database string) string {
 }
 
 // Stop shuts the server down (fast shutdown) and removes a temporary data
-// directory.
+// directory. Stopping a stopped cluster returns at once.
 func (c *Cluster) Stop() error {
 	defer c.cleanup()
 	if c.cmd == nil || c.cmd.Process == nil {
 		return nil
 	}
 	_ = c.cmd.Process.Signal(syscall.SIGINT)
+	// The exit status goes back into the channel (as in waitReady): a
+	// second Stop must find it, not wait forever for a second one.
 	select {
-	case <-c.exited:
+	case err := <-c.exited:
+		c.exited <- err
 		return nil
 	case <-time.After(30 * time.Second):
 		_ = c.cmd.Process.Kill()
-		<-c.exited
+		c.exited <- <-c.exited
 		return errors.New("postgres did not shut down within 30 s and was killed")
 	}
 }
