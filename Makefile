@@ -38,7 +38,7 @@ test: vet check-generated ## vet, generated-code check, and all tests with the r
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory test-disruptive; fi
 
 test-disruptive: ## tests that restart the local dockerd (make test runs them under CI only)
-	RTM_TEST_RESTART_DOCKERD=1 $(GO) test $(TEST_FLAGS) -count=1 -run 'TestDaemonRestart' ./agent/watcher/
+	RTM_TEST_RESTART_DOCKERD=1 $(GO) test $(TEST_FLAGS) -count=1 -p 1 -run '^(TestDaemonRestart|TestDockerdRestart)$$' ./agent/watcher/ ./e2e/faults/
 
 FUZZTIME  ?= 20s
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,27 +15,35 @@ import (
 )
 
 // TestPostgresRestart runs a burst of jobs and Docker events while the
-// agent's connections are terminated (pg_terminate_backend) and then the
-// whole PostgreSQL server is stopped and started again. It uses a cluster
-// of its own: the shared test cluster must not go away under other tests.
-//
-// Not finished: the server goes away after pg_terminate_backend in this
-// harness (under investigation), so it runs only with
-// RTM_TEST_PG_RESTART=1 and reports no figures in CI yet.
+// agent's connections are terminated (pg_terminate_backend), then stops
+// the whole PostgreSQL server in the middle of the next burst (containers
+// die behind the agent's back while it is down), starts it again on the
+// same data directory, and terminates the connections once more during a
+// third burst. It uses a cluster of its own: the shared test cluster must
+// not go away under other tests. Every job must end succeeded, and the
+// agent must ride out the outage without exiting.
 func TestPostgresRestart(t *testing.T) {
-	if os.Getenv("RTM_TEST_PG_RESTART") != "1" {
-		t.Skip("unfinished: set RTM_TEST_PG_RESTART=1 to run it (see the README's fault-injection section)")
-	}
 	t.Parallel()
 	dockertest.Client(t) // skip (or fail in CI) before starting anything without Docker
 	dir, err := os.MkdirTemp("", "rtm-faults-pg-")
 	must(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	opts := pgcluster.Options{DataDir: dir, Settings: map[string]string{"fsync": "off", "max_connections": "100"}}
+	logPath := filepath.Join(t.TempDir(), "postgres.log")
+	logf, err := os.Create(logPath)
+	must(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- PostgreSQL's log (last 40 lines) ---\n%s", tail(logPath, 40))
+		}
+		_ = logf.Close()
+	})
+	opts := pgcluster.Options{DataDir: dir, Log: logf, Settings: map[string]string{"fsync": "off", "max_connections": "100"}}
 	cluster, err := pgcluster.Start(context.Background(), opts)
 	if err != nil {
 		t.Fatalf("start a PostgreSQL of the test's own: %v", err)
 	}
+	// Stops whichever server runs at the end (Stop of a stopped one
+	// returns at once).
 	t.Cleanup(func() { _ = cluster.Stop() })
 
 	h := newHarness(t, harnessOptions{dbURL: cluster.URL("postgres")})
@@ -48,33 +57,62 @@ func TestPostgresRestart(t *testing.T) {
 	}
 	h.startConsumer()
 
+	begin := time.Now()
+	phase := func(what string) { t.Logf("%s: %s", time.Since(begin).Round(time.Millisecond), what) }
 	const games = 6
+	game := func(i int) string { return h.game(fmt.Sprintf("p%d", i)) }
 	var ids []int64
-	for i := range games {
-		ids = append(ids, h.enqueue(h.game(fmt.Sprintf("p%d", i)), "start", startPayload(h.image), 0))
+	burst := func(kind, payload string) []int64 {
+		var b []int64
+		for i := range games {
+			b = append(b, h.enqueue(game(i), kind, payload, 0))
+		}
+		ids = append(ids, b...)
+		return b
 	}
-	// Fault 1: terminate every other connection once jobs are under way.
-	waitUntil(time.Minute, func() bool { return h.runningOf(a) > 0 || h.job(ids[0]).Status == "succeeded" })
-	var terminated int
-	must(t, h.pool.QueryRow(h.ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-		WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'`).Scan(&terminated))
-	// Containers die behind the agent's back meanwhile.
-	killed := h.killGames(ids[:2])
-	for i := range games {
-		ids = append(ids, h.enqueue(h.game(fmt.Sprintf("p%d", i)), "restart", `{"timeout_seconds": 5}`, 0))
+	// underWay waits until the agent holds a running job of the burst, or
+	// the burst is over: the moment to strike.
+	underWay := func(b []int64) {
+		waitUntil(time.Minute, func() bool {
+			return h.runningOf(a) > 0 || h.waitJobs(0, b...)
+		})
+	}
+	terminate := func() int {
+		var n int
+		if !waitUntil(30*time.Second, func() bool {
+			return h.pool.QueryRow(h.ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'`).Scan(&n) == nil
+		}) {
+			t.Fatal("could not terminate the agent's connections")
+		}
+		return n
 	}
 
-	// Fault 2: stop the server in the middle of the burst, kill more
-	// containers while it is down, start it again.
-	waitUntil(30*time.Second, func() bool { return h.runningOf(a) > 0 })
+	// Fault 1: terminate every other connection in the middle of a burst
+	// of starts; containers die behind the agent's back meanwhile.
+	b := burst("start", startPayload(h.image))
+	underWay(b)
+	terminated := terminate()
+	phase("terminated 1")
+	h.waitJobs(time.Minute, b[:2]...)
+	killed := h.killGames(game(0), game(1))
+	phase("killed 1")
+
+	// Fault 2: stop the server in the middle of a burst of restarts, kill
+	// more containers while it is down, start it again.
+	b = burst("restart", `{"timeout_seconds": 5}`)
+	underWay(b)
+	phase("stopping")
 	must(t, cluster.Stop())
-	killed += h.killGames(ids[2:4])
+	phase("stopped")
+	killed += h.killGames(game(2), game(3))
 	outage := time.NewTimer(3 * time.Second) // the outage's length: fault timing
 	<-outage.C
 	cluster, err = pgcluster.Start(context.Background(), opts)
 	if err != nil {
 		t.Fatalf("start PostgreSQL again: %v", err)
 	}
+	phase("started")
 	restarts := 0
 	if !a.alive() {
 		// Like systemd's Restart=on-failure.
@@ -82,11 +120,16 @@ func TestPostgresRestart(t *testing.T) {
 		t.Logf("the agent exited during the outage (code %d); starting it again", a.exitCode())
 		a = h.startAgent()
 	}
-	for i := range games {
-		ids = append(ids, h.enqueue(h.game(fmt.Sprintf("p%d", i)), "stop", `{"timeout_seconds": 5}`, 0))
-	}
-	h.waitJobs(2*time.Minute, ids...)
-	f := h.check(checkOptions{})
+
+	// Fault 3: terminate the connections again during a burst of stops.
+	b = burst("stop", `{"timeout_seconds": 5}`)
+	underWay(b)
+	terminated += terminate()
+	phase("terminated 2")
+
+	h.waitJobs(time.Minute, ids...)
+	phase("jobs done")
+	f := h.check(checkOptions{settle: time.Minute})
 	for _, id := range ids {
 		if j := h.job(id); j.Status != "succeeded" {
 			f.Violations++
@@ -102,18 +145,18 @@ func TestPostgresRestart(t *testing.T) {
 		t.Logf("VIOLATION: the agent exited: %v", a.err)
 	}
 	f.Scenario, f.Rounds = "PostgreSQL restart and terminated connections", 1
-	f.Faults = fmt.Sprintf("%d connections terminated, 1 server stop of 3 s, %d containers killed behind the agent's back", terminated, killed)
+	f.Faults = fmt.Sprintf("%d connections terminated in 2 rounds, 1 server stop of 3 s, %d containers killed behind the agent's back", terminated, killed)
 	h.report(f)
 }
 
-// killGames SIGKILLs the containers of the jobs' games through the raw
-// Docker API (behind the agent's back) and returns how many it killed.
-func (h *harness) killGames(ids []int64) int {
+// killGames SIGKILLs the running containers of games through the raw
+// Docker API (behind the agent's back; the database may be down) and
+// returns how many it killed.
+func (h *harness) killGames(games ...string) int {
 	h.t.Helper()
 	n := 0
-	for _, id := range ids {
-		j := h.job(id)
-		c, err := h.eng.InspectContainer(h.ctx, "galaxy-game-"+j.GameID)
+	for _, g := range games {
+		c, err := h.eng.InspectContainer(h.ctx, "galaxy-game-"+g)
 		if err != nil || !c.Running {
 			continue
 		}
