@@ -5,7 +5,7 @@ SQLC      := $(GO) tool -modfile=tools.mod sqlc
 STATICCHECK := $(GO) tool -modfile=tools.mod staticcheck
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/galaxy/rtmanager/agent/cli.Version=$(VERSION)
-TEST_FLAGS ?= -race -timeout 25m
+TEST_FLAGS ?= -race -count=1 -timeout 25m
 BENCH     ?= .
 BENCHTIME ?= 2s
 
@@ -38,7 +38,7 @@ test: vet check-generated ## vet, generated-code check, and all tests with the r
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory test-disruptive; fi
 
 test-disruptive: ## tests that restart the local dockerd (make test runs them under CI only)
-	RTM_TEST_RESTART_DOCKERD=1 $(GO) test $(TEST_FLAGS) -count=1 -p 1 -run '^(TestDaemonRestart|TestDockerdRestart)$$' ./agent/watcher/ ./e2e/faults/
+	RTM_TEST_RESTART_DOCKERD=1 $(GO) test $(TEST_FLAGS) -p 1 -run '^(TestDaemonRestart|TestDockerdRestart)$$' ./agent/watcher/ ./e2e/faults/
 
 # Counts, not durations: with a duration Go's fuzzer can fail with
 # "context deadline exceeded" when the time runs out in the middle of an
