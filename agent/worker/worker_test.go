@@ -507,11 +507,12 @@ func TestManyWorkersKeepPerGameOrder(t *testing.T) {
 		return worker.Result{}, nil
 	})
 	var all []*worker.Worker
+	var stops []func()
 	for i := range workers {
 		cfg := testConfig(fmt.Sprintf("owner-%d", i))
 		w := worker.New(s, exec, nil, cfg)
 		all = append(all, w)
-		startWorker(t, w)
+		stops = append(stops, startWorker(t, w))
 	}
 	wait.For(t, 5*time.Minute, "all jobs finished", func() bool {
 		var n int
@@ -520,6 +521,11 @@ func TestManyWorkersKeepPerGameOrder(t *testing.T) {
 		}
 		return n == 0
 	})
+	// A worker counts a success after its commit, so the last count may
+	// trail the table; Run returns only once its jobs have ended.
+	for _, stop := range stops {
+		stop()
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, v := range violations {
