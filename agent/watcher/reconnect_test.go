@@ -38,7 +38,9 @@ func TestResubscribes(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	wait.For(t, 10*time.Second, "connected", w.Connected)
+	// The subscription runs in a goroutine of its own and may be counted
+	// a moment after Connected.
+	wait.For(t, 10*time.Second, "connected", func() bool { return w.Connected() && fake.subs.Load() == 1 })
 
 	// Silent stream, daemon gone: disconnect, back off, reconnect.
 	fake.pingFail.Store(true)
@@ -50,7 +52,7 @@ func TestResubscribes(t *testing.T) {
 		t.Errorf("subscribed %d times while the daemon was down", got-subs)
 	}
 	fake.pingFail.Store(false)
-	wait.For(t, 10*time.Second, "reconnected", w.Connected)
+	wait.For(t, 10*time.Second, "reconnected", func() bool { return w.Connected() && fake.subs.Load() > subs })
 	if fake.subs.Load() != subs+1 {
 		t.Errorf("subscriptions %d, want %d", fake.subs.Load(), subs+1)
 	}
