@@ -1,15 +1,9 @@
 package faults
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +11,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
+	"github.com/galaxy/rtmanager/internal/testutil/dockerd"
 )
 
 // TestDockerdRestart takes the machine's dockerd away under a running
@@ -47,7 +42,7 @@ func TestDockerdRestart(t *testing.T) {
 	if os.Getenv("RTM_TEST_RESTART_DOCKERD") != "1" {
 		t.Skip("restarts dockerd: set RTM_TEST_RESTART_DOCKERD=1 to run (make test-disruptive; make test does under CI)")
 	}
-	d, why := findDockerd()
+	d, why := dockerd.Find()
 	if why != "" {
 		t.Fatalf("RTM_TEST_RESTART_DOCKERD=1 but dockerd cannot be restarted here: %s", why)
 	}
@@ -94,10 +89,10 @@ func TestDockerdRestart(t *testing.T) {
 		if a.alive() {
 			a.signal(syscall.SIGCONT)
 		}
-		if _, why := findDockerd(); why == "" {
+		if _, why := dockerd.Find(); why == "" {
 			return // running: never stopped, or started again by the test
 		}
-		if _, err := d.start(); err != nil {
+		if _, err := d.Start(); err != nil {
 			t.Errorf("could not start dockerd again: %v", err)
 			return
 		}
@@ -109,20 +104,20 @@ func TestDockerdRestart(t *testing.T) {
 	// The outage.
 	down := time.Now()
 	stop := map[bool]syscall.Signal{true: syscall.SIGTERM, false: syscall.SIGKILL}[liveRestore]
-	must(t, syscall.Kill(d.pid, stop))
-	if !waitUntil(2*time.Minute, func() bool { return !pidAlive(d.pid) }) {
-		t.Fatalf("dockerd (pid %d) did not exit within 2 minutes of %v", d.pid, stop)
+	must(t, syscall.Kill(d.Pid, stop))
+	if !waitUntil(2*time.Minute, func() bool { return !dockerd.Alive(d.Pid) }) {
+		t.Fatalf("dockerd (pid %d) did not exit within 2 minutes of %v", d.Pid, stop)
 	}
 	phase("dockerd gone (" + stop.String() + ")")
 	died := 0
 	for _, g := range []string{"d0", "d1"} {
-		if !pidAlive(pids[g]) {
+		if !dockerd.Alive(pids[g]) {
 			t.Fatalf("%s's engine (pid %d) did not outlive dockerd", g, pids[g])
 		}
 		must(t, syscall.Kill(pids[g], syscall.SIGKILL))
 		died++
 	}
-	if !waitUntil(30*time.Second, func() bool { return !pidAlive(pids["d0"]) && !pidAlive(pids["d1"]) }) {
+	if !waitUntil(30*time.Second, func() bool { return !dockerd.Alive(pids["d0"]) && !dockerd.Alive(pids["d1"]) }) {
 		t.Fatal("the SIGKILLed engines did not die")
 	}
 	// Jobs meet the dead daemon: they must ride it out on their retries
@@ -139,7 +134,7 @@ func TestDockerdRestart(t *testing.T) {
 	// Freeze the agent, start the daemon, remove containers behind the
 	// agent's back before it can reconnect, thaw it.
 	a.signal(syscall.SIGSTOP)
-	if _, err := d.start(); err != nil {
+	if _, err := d.Start(); err != nil {
 		t.Fatalf("start dockerd: %v", err)
 	}
 	if !waitUntil(2*time.Minute, h.ping) {
@@ -225,123 +220,4 @@ func (h *harness) ping() bool {
 	ctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
 	defer cancel()
 	return h.eng.Ping(ctx) == nil
-}
-
-// dockerd is the daemon process as found in /proc, with what it takes to
-// start it again the same way (as in agent/watcher's TestDaemonRestart).
-type dockerd struct {
-	pid      int
-	children []int // its containerd
-	args     []string
-	env      []string
-	dir      string
-}
-
-// findDockerd returns the one dockerd process this test may restart, or a
-// reason not to: it must be a plain process (not a systemd unit, whose
-// manager would fight us) that we can signal.
-func findDockerd() (dockerd, string) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return dockerd{}, "no /proc"
-	}
-	var found []dockerd
-	for _, en := range entries {
-		pid, err := strconv.Atoi(en.Name())
-		if err != nil {
-			continue
-		}
-		base := filepath.Join("/proc", en.Name())
-		comm, err := os.ReadFile(filepath.Join(base, "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != "dockerd" || !pidAlive(pid) {
-			continue
-		}
-		cmdline, err1 := os.ReadFile(filepath.Join(base, "cmdline"))
-		environ, err2 := os.ReadFile(filepath.Join(base, "environ"))
-		cwd, err3 := os.Readlink(filepath.Join(base, "cwd"))
-		cg, _ := os.ReadFile(filepath.Join(base, "cgroup"))
-		if err := errors.Join(err1, err2, err3); err != nil {
-			return dockerd{}, "cannot read dockerd's process: " + err.Error()
-		}
-		if bytes.Contains(cg, []byte(".service")) {
-			return dockerd{}, "dockerd runs as a systemd service"
-		}
-		split := func(b []byte) []string { return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00") }
-		found = append(found, dockerd{pid: pid, args: split(cmdline), env: split(environ), dir: cwd})
-	}
-	if len(found) != 1 {
-		return dockerd{}, "want exactly one dockerd process, found " + strconv.Itoa(len(found))
-	}
-	if err := syscall.Kill(found[0].pid, 0); err != nil {
-		return dockerd{}, "cannot signal dockerd: " + err.Error()
-	}
-	for _, en := range entries {
-		if pid, err := strconv.Atoi(en.Name()); err == nil && parentOf(pid) == found[0].pid {
-			found[0].children = append(found[0].children, pid)
-		}
-	}
-	return found[0], ""
-}
-
-// inProc reports whether /proc still lists pid, zombie or not.
-func inProc(pid int) bool {
-	_, err := os.Stat("/proc/" + strconv.Itoa(pid))
-	return err == nil
-}
-
-// parentOf returns the parent pid of pid, or 0.
-func parentOf(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
-}
-
-// pidAlive reports whether a process runs; a zombie waiting for its parent
-// counts as gone.
-func pidAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	return len(fields) > 0 && fields[0] != "Z"
-}
-
-// start launches dockerd again as it was started, detached (it outlives
-// the test), its output appended to a log file that outlives the test.
-func (d dockerd) start() (int, error) {
-	path, err := exec.LookPath(d.args[0])
-	if err != nil {
-		return 0, err
-	}
-	// A killed daemon and its containerd stay in /proc as zombies until
-	// PID 1 reaps them, and dockerd refuses to start (pid file found) or
-	// waits for that containerd while they do.
-	for _, pid := range append([]int{d.pid}, d.children...) {
-		if !waitUntil(time.Minute, func() bool { return !inProc(pid) }) {
-			return 0, fmt.Errorf("the old dockerd's process %d is still in /proc a minute after it ended", pid)
-		}
-	}
-	logf, err := os.OpenFile(filepath.Join(os.TempDir(), "rtmanager-test-dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return 0, err
-	}
-	defer logf.Close()
-	cmd := exec.Command(path, d.args[1:]...)
-	cmd.Args[0] = d.args[0]
-	cmd.Env, cmd.Dir = d.env, d.dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	go func() { _ = cmd.Wait() }() // reap it if it dies while we run
-	return cmd.Process.Pid, nil
 }
