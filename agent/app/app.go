@@ -232,7 +232,7 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 		RescueInterval: max(2*time.Minute, cfg.LeaseDuration),
 	})
 	p.rec = reconcile.New(store, docker, reconcile.Config{
-		HostID: cfg.HostID, Interval: cfg.ReconcileInterval, OrphanGrace: cfg.OrphanGrace, Logger: log,
+		HostID: cfg.HostID, Interval: cfg.ReconcileInterval, OrphanGrace: cfg.OrphanGrace, Intents: intents, Logger: log,
 	})
 	p.watch = watcher.New(store, docker, p.rec, intents, watcher.Config{
 		HostID: cfg.HostID, IdleTimeout: cfg.EventsIdleTimeout, Logger: log,

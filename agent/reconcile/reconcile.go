@@ -25,7 +25,9 @@
 //     host.
 //
 // Containers that are restarting, being removed, or created but not started
-// are left for a later event or pass. Transitions are dated with the
+// are left for a later event or pass, and so are the records of games a job
+// is working on or whose container this agent's sweeper is removing: their
+// writer commits the change itself. Transitions are dated with the
 // daemon's own times (StartedAt, FinishedAt) so the watcher's duplicate
 // detection (event time not after the record's last_op_at) stays right.
 //
@@ -51,6 +53,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
@@ -72,6 +75,10 @@ type Config struct {
 	// OrphanGrace is how long after its creation an orphaned container is
 	// removed; 0 means DefaultOrphanGrace, a negative value never removes.
 	OrphanGrace time.Duration
+	// Intents, when set, are the agent's own pending container
+	// operations: a record whose container the sweeper is removing is
+	// left to the sweeper, which commits the removal with reason cleanup.
+	Intents *intent.Registry
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -357,18 +364,13 @@ func daemonTime(t, at time.Time) time.Time {
 // A game with a running job is left alone: the job is changing its
 // container right now (the record lags behind Docker until it commits) and
 // commits the transition itself; a repair would race it and report the
-// job's own change as a repair. If the job dies, its lease expires, it runs
-// again, and a later pass sees the game idle.
+// job's own change as a repair. The store checks for one after the
+// inspect, under the game's lock (see db.Store.RepairRecord). If the job
+// dies, its lease expires, it runs again, and a later pass sees the game
+// idle.
 func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord) (outbox.Reason, error) {
-	busy, err := r.store.GameHasRunningJob(ctx, r.cfg.HostID, listed.GameID)
-	if err != nil {
-		return "", fmt.Errorf("reconcile game %s: %w", listed.GameID, err)
-	}
-	if busy {
-		return "", nil
-	}
 	var reason outbox.Reason
-	ch, err := r.store.UpdateRecord(ctx, listed.GameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+	ch, busy, err := r.store.RepairRecord(ctx, r.cfg.HostID, listed.GameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		reason = ""
 		if cur == nil {
 			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, runtime.ErrNotFound
@@ -381,6 +383,9 @@ func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord) (
 		if err != nil && !errors.Is(err, engine.ErrNotFound) {
 			return *cur, outbox.TransitionDetails{}, err
 		}
+		if !found && r.sweeping(cur.CurrentContainerID) {
+			return *cur, outbox.TransitionDetails{}, nil
+		}
 		next, d, err := Decide(cur, ObservedFrom(c, found), at)
 		reason = d.Reason
 		return next, d, err
@@ -388,12 +393,25 @@ func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord) (
 	if err != nil {
 		return "", fmt.Errorf("reconcile game %s: %w", listed.GameID, err)
 	}
-	if !ch.Changed {
+	if busy || !ch.Changed {
 		return "", nil
 	}
 	r.log.Info("record repaired", "game_id", listed.GameID, "container_id", listed.CurrentContainerID,
 		"reason", reason, "from", listed.Status, "to", ch.Record.Status)
 	return reason, nil
+}
+
+// sweeping reports whether the sweeper of this agent is removing the
+// container: between its remove and its commit the container is gone and
+// the record still stopped, and a dispose here would report the sweeper's
+// cleanup as a repair. If the sweeper's commit fails, the intent expires
+// and a later pass disposes.
+func (r *Reconciler) sweeping(containerID string) bool {
+	if r.cfg.Intents == nil {
+		return false
+	}
+	_, ok := r.cfg.Intents.Lookup(containerID, intent.Cleanup)
+	return ok
 }
 
 // orphan reports c once and removes it after the grace period.

@@ -16,6 +16,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
@@ -365,5 +366,75 @@ func TestConcurrentPassesSerialise(t *testing.T) {
 	}
 	if n := len(e.events(2)); n != 2 {
 		t.Errorf("%d events, want 2", n)
+	}
+}
+
+// TestLeavesTheSweepersRemovalToTheSweeper: between the sweeper's remove
+// and its commit the container is gone and the record still stopped; a
+// pass then must not report the cleanup as a dispose. Once the intent has
+// expired (the sweeper failed to commit) the pass repairs the record.
+func TestLeavesTheSweepersRemovalToTheSweeper(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	g := e.create("swept")
+	e.record(g, runtime.StatusStopped)
+	var (
+		mu  sync.Mutex
+		now = time.Now()
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	intents := intent.New(time.Minute, clock)
+	intents.Expect(g.c.ID, intent.Cleanup, 0)
+	if err := e.eng.RemoveContainer(e.ctx, g.c.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := reconcile.New(e.store, e.eng, reconcile.Config{HostID: e.hostID, OrphanGrace: -1, Intents: intents, Logger: slog.New(slog.DiscardHandler)})
+	if rep := e.pass(r); rep.Repairs() != 0 || rep.Skipped != 1 {
+		t.Fatalf("pass during the sweeper's removal: %+v, want the record skipped", rep)
+	}
+	if got := e.get("swept"); got.Status != runtime.StatusStopped {
+		t.Fatalf("record during the sweeper's removal: %+v", got)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	if rep := e.pass(r); rep.Disposed != 1 {
+		t.Fatalf("pass after the intent expired: %+v, want a dispose", rep)
+	}
+	if got := e.get("swept"); got.Status != runtime.StatusRemoved {
+		t.Fatalf("record after the intent expired: %+v", got)
+	}
+}
+
+// TestLeavesAGameWithARunningJobToTheJob: a job of the game is running (it
+// is changing the container and commits the record itself), so a pass
+// leaves the record as it is; once the job is over, a pass repairs it.
+func TestLeavesAGameWithARunningJobToTheJob(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	g := e.create("busy")
+	e.record(g, runtime.StatusRunning)
+	if err := e.eng.RemoveContainer(e.ctx, g.c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.store.InsertJob(e.ctx, db.NewJob{HostID: e.hostID, GameID: "busy", Kind: job.KindStop, Payload: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := e.store.ClaimJobs(e.ctx, e.hostID, "owner-1", 1, time.Minute)
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim: %d jobs, %v", len(claimed), err)
+	}
+	r := e.reconciler(-1)
+	if rep := e.pass(r); rep.Repairs() != 0 || rep.Skipped != 1 {
+		t.Fatalf("pass while the job runs: %+v, want the record skipped", rep)
+	}
+	if got := e.get("busy"); got.Status != runtime.StatusRunning {
+		t.Fatalf("record while the job runs: %+v", got)
+	}
+	if _, err := e.store.ReleaseJob(e.ctx, claimed[0], "owner-1"); err != nil {
+		t.Fatal(err)
+	}
+	if rep := e.pass(r); rep.Disposed != 1 {
+		t.Fatalf("pass after the job: %+v, want a dispose", rep)
 	}
 }

@@ -54,7 +54,7 @@ func TestWritersNeverFight(t *testing.T) {
 	policy.DefaultStopTimeout = 5 * time.Second
 	intents := intent.New(time.Minute, nil)
 
-	rec := reconcile.New(store, eng, reconcile.Config{HostID: hostID, Interval: 20 * time.Millisecond, OrphanGrace: time.Hour})
+	rec := reconcile.New(store, eng, reconcile.Config{HostID: hostID, Interval: 20 * time.Millisecond, OrphanGrace: time.Hour, Intents: intents})
 	watch := watcher.New(store, eng, rec, intents, watcher.Config{HostID: hostID})
 	work := worker.New(store, executor.New(eng, intents, executor.Config{Records: store, StateRoot: root}), intents, worker.Config{
 		HostID: hostID, Owner: "agent-" + hostID, Concurrency: 4, LeaseDuration: 10 * time.Second,

@@ -3,11 +3,13 @@ package db
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
+	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
 
 // OrphanCheck says whether a labelled container may be treated as an
@@ -97,13 +99,40 @@ func (s *Store) ReportOrphan(ctx context.Context, o outbox.OrphanPayload) (bool,
 	return wrote, check, nil
 }
 
-// GameHasRunningJob reports whether a job of the game on the host is
-// running: the reconciler leaves such a game to the job, which records what
-// it does, instead of racing it with a repair.
-func (s *Store) GameHasRunningJob(ctx context.Context, hostID, gameID string) (bool, error) {
-	running, err := s.q.GameHasRunningJob(ctx, dbsqlc.GameHasRunningJobParams{HostID: hostID, GameID: gameID})
+// RepairRecord is UpdateRecord for the reconciler: when decide wants a
+// change, it is dropped (busy, nothing written) if a job of the game on
+// hostID is running by then. The check comes after decide has looked at
+// Docker, under the game's lock, and that closes the race with jobs: a
+// job is running from its claim, committed before it touches Docker,
+// until its outcome commits, and its record write waits for the lock held
+// here. So whatever a job did to the container that decide saw, either
+// the job is seen running now or its record change is in the record
+// decide was given.
+func (s *Store) RepairRecord(ctx context.Context, hostID, gameID string, decide Decision) (change RecordChange, busy bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := s.q.WithTx(tx)
+		if err := q.LockGame(ctx, gameID); err != nil {
+			return fmt.Errorf("lock game %s: %w", gameID, err)
+		}
+		var err error
+		change, err = s.applyDecision(ctx, q, gameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			next, details, err := decide(cur, at)
+			if err != nil || cur == nil || next.Equal(*cur) {
+				return next, details, err
+			}
+			busy, err = q.GameHasRunningJob(ctx, dbsqlc.GameHasRunningJobParams{HostID: hostID, GameID: gameID})
+			if err != nil {
+				return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("check running jobs of game %s: %w", gameID, err)
+			}
+			if busy {
+				return *cur, outbox.TransitionDetails{}, nil
+			}
+			return next, details, nil
+		})
+		return err
+	})
 	if err != nil {
-		return false, fmt.Errorf("check running jobs of game %s: %w", gameID, err)
+		return RecordChange{}, false, err
 	}
-	return running, nil
+	return change, busy, nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
+	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
 
 func TestReportOrphanOnceAndOnlyWhenOrphan(t *testing.T) {
@@ -65,5 +66,48 @@ func TestReportOrphanOnceAndOnlyWhenOrphan(t *testing.T) {
 	}
 	if orphans != 2 {
 		t.Errorf("%d orphan events, want 2", orphans)
+	}
+}
+
+// TestRepairRecordYieldsToAJobClaimedMeanwhile: a job claimed after the
+// reconciler looked at Docker but before it commits (here: inside decide)
+// makes the repair yield, with nothing written; once no job runs, the same
+// repair commits.
+func TestRepairRecordYieldsToAJobClaimedMeanwhile(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	if _, err := s.UpdateRecord(ctx, "g1", createRunning("c1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.InsertJob(ctx, db.NewJob{HostID: "host-a", GameID: "g1", Kind: job.KindStop}); err != nil {
+		t.Fatal(err)
+	}
+	var claimed []db.Job
+	repair := func(claim bool) db.Decision {
+		return func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			if claim {
+				var err error
+				if claimed, err = s.ClaimJobs(ctx, "host-a", "owner-1", 1, time.Minute); err != nil || len(claimed) != 1 {
+					t.Fatalf("claim inside the repair: %d jobs, %v", len(claimed), err)
+				}
+			}
+			next, err := cur.Stop("c1", at)
+			return next, outbox.TransitionDetails{Reason: outbox.ReasonReconcileExit}, err
+		}
+	}
+	ch, busy, err := s.RepairRecord(ctx, "host-a", "g1", repair(true))
+	if err != nil || !busy || ch.Changed {
+		t.Fatalf("repair while a job was claimed: change %+v, busy %v, err %v; want busy and unchanged", ch, busy, err)
+	}
+	if rec, _ := s.GetRecord(ctx, "g1"); rec.Status != runtime.StatusRunning {
+		t.Fatalf("record after the yielded repair: %+v", rec)
+	}
+	if _, err := s.ReleaseJob(ctx, claimed[0], "owner-1"); err != nil {
+		t.Fatal(err)
+	}
+	ch, busy, err = s.RepairRecord(ctx, "host-a", "g1", repair(false))
+	if err != nil || busy || !ch.Changed || ch.Record.Status != runtime.StatusStopped {
+		t.Fatalf("repair with no job running: change %+v, busy %v, err %v", ch, busy, err)
 	}
 }
