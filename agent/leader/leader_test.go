@@ -146,7 +146,8 @@ func TestFencedBeforeTakeover(t *testing.T) {
 	wait.For(t, 10*time.Second, "a renewing", func() bool { return a.Stats().Renewals >= 1 })
 
 	fa.broken.Store(true)
-	wait.For(t, 20*time.Second, "b active", b.Active)
+	// Active is set just before the work function is called.
+	wait.For(t, 20*time.Second, "b active and working", func() bool { return b.Active() && len(rec.snapshot()) >= 3 })
 	if s := a.Stats(); s.Fences != 1 || s.RenewFailures == 0 {
 		t.Fatalf("a: want one fence after failed renewals, got %+v", s)
 	}
