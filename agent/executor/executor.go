@@ -7,7 +7,9 @@
 // attempt created, a stop of a stopped container and a remove of a gone
 // one succeed, an image change resumes where it stopped. Before any Docker
 // call the executor reads the game's record: anything on a removed record
-// fails with runtime.ErrRemoved and touches nothing.
+// fails with runtime.ErrRemoved and touches nothing, except a remove job
+// whose goal was reached after it was enqueued (see removedForThisJob),
+// which succeeds with nothing to write.
 package executor
 
 import (
@@ -86,6 +88,11 @@ func (e *Executor) Execute(ctx context.Context, t worker.Task) (worker.Result, e
 		return worker.Result{}, err
 	}
 	if rec != nil && rec.Status == runtime.StatusRemoved {
+		if t.Spec.Kind == job.KindRemove && removedForThisJob(*rec, t.Job) {
+			e.log.Info("remove job: the game was removed after the job was enqueued; nothing left to do",
+				"game_id", t.Spec.GameID, "job_id", t.Job.ID, "attempt", t.Job.Attempt, "removed_at", rec.RemovedAt)
+			return worker.Result{}, nil
+		}
 		return worker.Result{}, fmt.Errorf("%s job for game %s: %w", t.Spec.Kind, t.Spec.GameID, runtime.ErrRemoved)
 	}
 	if rec != nil && rec.HostID != t.HostID {
@@ -111,6 +118,17 @@ func (e *Executor) Execute(ctx context.Context, t worker.Task) (worker.Result, e
 	default:
 		return worker.Result{}, job.Permanent(fmt.Errorf("%w: %q", job.ErrUnknownKind, t.Spec.Kind))
 	}
+}
+
+// removedForThisJob reports whether a remove job finds its goal reached
+// rather than a game that was gone before it was asked for: the removal
+// came after the job was enqueued, or an earlier attempt ran. That is
+// the at-least-once case: an attempt removed the container and died (or
+// failed) before its commit, and the events watcher or a relist recorded
+// the removal meanwhile. A remove enqueued for a game already removed
+// still fails with runtime.ErrRemoved.
+func removedForThisJob(rec runtime.RuntimeRecord, j db.Job) bool {
+	return j.Attempt > 1 || (rec.RemovedAt != nil && !rec.RemovedAt.Before(j.CreatedAt))
 }
 
 // record returns the game's record, nil when it has none.

@@ -17,6 +17,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
 	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
@@ -388,5 +389,66 @@ func TestNonJSONPayloadRefusedAtInsert(t *testing.T) {
 		`INSERT INTO jobs (host_id, game_id, kind, payload) VALUES ('h', 'g', 'start', $1::jsonb)`, `{"image_ref": `)
 	if err == nil || !strings.Contains(err.Error(), "json") {
 		t.Fatalf("insert of a non-JSON payload: %v; want the database to refuse it", err)
+	}
+}
+
+// TestRemoveFindsItsGoalReached: at-least-once delivery of a remove job.
+// The container went and another writer (here the test, as the events
+// watcher would) recorded the removal after the job was enqueued, or after
+// an earlier attempt of the job: the job succeeds with nothing to write.
+// A remove enqueued for a game removed before it still fails (see
+// TestLifecycleEndToEnd).
+func TestRemoveFindsItsGoalReached(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.run()
+	ctx := context.Background()
+	removeBehind := func(g string) {
+		t.Helper()
+		rec := e.record(g)
+		if err := e.eng.RemoveContainer(ctx, rec.CurrentContainerID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.UpdateRecord(ctx, g, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			next, err := cur.Remove(cur.CurrentContainerID, at)
+			return next, outbox.TransitionDetails{Reason: outbox.ReasonObservedDestroy}, err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	due := func(id int64) {
+		t.Helper()
+		if _, err := e.store.Pool().Exec(ctx, `UPDATE jobs SET run_after = now() WHERE id = $1`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Enqueued (not yet due) while the game ran; removed before it ran.
+	e.succeeded(e.insert("before", "start", startPayload(e.image)))
+	id := e.insert("before", "remove", `{}`)
+	if _, err := e.store.Pool().Exec(ctx, `UPDATE jobs SET run_after = now() + interval '1 hour' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	removeBehind("before")
+	due(id)
+	e.succeeded(id)
+
+	// A retry (its first attempt used) of a remove enqueued after the
+	// removal: the first attempt did the work and died before its commit.
+	e.succeeded(e.insert("retried", "start", startPayload(e.image)))
+	removeBehind("retried")
+	id = e.insert("retried", "remove", `{}`)
+	if _, err := e.store.Pool().Exec(ctx, `UPDATE jobs SET attempt = 1, last_error = 'agent died' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if j := e.succeeded(id); j.Attempt != 2 {
+		t.Fatalf("retried remove: %+v", j)
+	}
+
+	for _, g := range []string{"before", "retried"} {
+		want := []string{"runtime.running:job_start", "job.succeeded", "runtime.removed:observed_destroy", "job.succeeded"}
+		if got := e.events(g); strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("game %s: events %v, want %v", g, got, want)
+		}
 	}
 }
