@@ -417,6 +417,43 @@ func TestEvents(t *testing.T) {
 	}
 }
 
+// TestEnsureNetworkRemovesDuplicates: two managed networks share the name
+// (Docker before API 1.44 allows it, and a name then no longer resolves);
+// EnsureNetwork keeps the oldest and removes the other.
+func TestEnsureNetworkRemovesDuplicates(t *testing.T) {
+	t.Parallel()
+	hostID := dockertest.UniqueName(t)
+	d := dockertest.Engine(t, hostID)
+	raw := dockertest.Client(t)
+	name := "rtm-dup-" + hostID
+	labels := map[string]string{engine.LabelManaged: "true", engine.LabelHost: hostID}
+	first, err := raw.NetworkCreate(t.Context(), name, client.NetworkCreateOptions{Driver: "bridge", Labels: labels})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.NetworkCreate(t.Context(), name, client.NetworkCreateOptions{Driver: "bridge", Labels: labels}); err != nil {
+		// A daemon of API 1.44 or later refuses the duplicate: the case
+		// cannot arise there.
+		t.Logf("the daemon refuses duplicate network names: %v", err)
+	}
+	if err := d.EnsureNetwork(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	list, err := raw.NetworkList(t.Context(), client.NetworkListOptions{Filters: make(client.Filters).Add("name", name)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, nw := range list.Items {
+		if nw.Name == name {
+			ids = append(ids, nw.ID)
+		}
+	}
+	if len(ids) != 1 || ids[0] != first.ID {
+		t.Fatalf("networks named %s: %v, want only the first, %s", name, ids, first.ID)
+	}
+}
+
 func TestEnsureNetworkConcurrent(t *testing.T) {
 	t.Parallel()
 	hostID := dockertest.UniqueName(t)
@@ -435,6 +472,11 @@ func TestEnsureNetworkConcurrent(t *testing.T) {
 		if err != nil {
 			t.Errorf("EnsureNetwork: %v", err)
 		}
+	}
+	// Two creators that listed before each other's create was visible may
+	// both have kept theirs; the next call converges.
+	if err := dockertest.Engine(t, hostID).EnsureNetwork(t.Context(), name); err != nil {
+		t.Fatal(err)
 	}
 	raw := dockertest.Client(t)
 	list, err := raw.NetworkList(t.Context(), client.NetworkListOptions{Filters: make(client.Filters).Add("name", name)})
