@@ -425,8 +425,10 @@ func TestRemoveFindsItsGoalReached(t *testing.T) {
 
 	// Enqueued (not yet due) while the game ran; removed before it ran.
 	e.succeeded(e.insert("before", "start", startPayload(e.image)))
-	id := e.insert("before", "remove", `{}`)
-	if _, err := e.store.Pool().Exec(ctx, `UPDATE jobs SET run_after = now() + interval '1 hour' WHERE id = $1`, id); err != nil {
+	var id int64
+	if err := e.store.Pool().QueryRow(ctx,
+		`INSERT INTO jobs (host_id, game_id, kind, run_after) VALUES ($1, 'before', 'remove', now() + interval '1 hour') RETURNING id`,
+		e.hostID).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
 	removeBehind("before")
@@ -437,8 +439,11 @@ func TestRemoveFindsItsGoalReached(t *testing.T) {
 	// removal: the first attempt did the work and died before its commit.
 	e.succeeded(e.insert("retried", "start", startPayload(e.image)))
 	removeBehind("retried")
-	id = e.insert("retried", "remove", `{}`)
-	if _, err := e.store.Pool().Exec(ctx, `UPDATE jobs SET attempt = 1, last_error = 'agent died' WHERE id = $1`, id); err != nil {
+	// Inserted with its first attempt used, in one statement (the worker
+	// may claim a job the moment it is inserted).
+	if err := e.store.Pool().QueryRow(ctx,
+		`INSERT INTO jobs (host_id, game_id, kind, attempt, last_error) VALUES ($1, 'retried', 'remove', 1, 'agent died') RETURNING id`,
+		e.hostID).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
 	if j := e.succeeded(id); j.Attempt != 2 {
