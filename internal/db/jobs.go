@@ -167,11 +167,7 @@ func (s *Store) FinishJob(ctx context.Context, j Job, owner string, o Outcome) (
 		return RecordChange{}, fmt.Errorf("finish job %d: status %q is not final", j.ID, o.Status)
 	}
 	var change RecordChange
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		q := s.q.WithTx(tx)
-		if err := q.LockGame(ctx, j.GameID); err != nil {
-			return fmt.Errorf("lock game %s: %w", j.GameID, err)
-		}
+	err := s.inGameTx(ctx, j.GameID, func(q *dbsqlc.Queries) error {
 		row, err := q.FinishJob(ctx, dbsqlc.FinishJobParams{
 			ID: j.ID, LeaseOwner: owner, Status: string(o.Status), LastError: nullable(o.Error),
 		})

@@ -109,11 +109,7 @@ func (s *Store) ReportOrphan(ctx context.Context, o outbox.OrphanPayload) (bool,
 // the job is seen running now or its record change is in the record
 // decide was given.
 func (s *Store) RepairRecord(ctx context.Context, hostID, gameID string, decide Decision) (change RecordChange, busy bool, err error) {
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		q := s.q.WithTx(tx)
-		if err := q.LockGame(ctx, gameID); err != nil {
-			return fmt.Errorf("lock game %s: %w", gameID, err)
-		}
+	err = s.inGameTx(ctx, gameID, func(q *dbsqlc.Queries) error {
 		var err error
 		change, err = s.applyDecision(ctx, q, gameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 			next, details, err := decide(cur, at)

@@ -84,11 +84,7 @@ type RecordChange struct {
 // written.
 func (s *Store) UpdateRecord(ctx context.Context, gameID string, decide Decision) (RecordChange, error) {
 	var change RecordChange
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		q := s.q.WithTx(tx)
-		if err := q.LockGame(ctx, gameID); err != nil {
-			return fmt.Errorf("lock game %s: %w", gameID, err)
-		}
+	err := s.inGameTx(ctx, gameID, func(q *dbsqlc.Queries) error {
 		var err error
 		change, err = s.applyDecision(ctx, q, gameID, decide)
 		return err
@@ -97,6 +93,19 @@ func (s *Store) UpdateRecord(ctx context.Context, gameID string, decide Decision
 		return RecordChange{}, err
 	}
 	return change, nil
+}
+
+// inGameTx runs f in a transaction that first takes the game's lock: every
+// writer of a game's record or events does, so that the game's events
+// commit in the order of their transactions.
+func (s *Store) inGameTx(ctx context.Context, gameID string, f func(q *dbsqlc.Queries) error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := s.q.WithTx(tx)
+		if err := q.LockGame(ctx, gameID); err != nil {
+			return fmt.Errorf("lock game %s: %w", gameID, err)
+		}
+		return f(q)
+	})
 }
 
 // applyDecision runs inside a transaction that holds the game's lock.
