@@ -36,3 +36,11 @@ SELECT * FROM runtime_records
 WHERE host_id = sqlc.arg(host_id)
   AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status)::text)
 ORDER BY game_id;
+
+-- name: ListLiveRecordsByHost :many
+-- The host's running and stopped records in one snapshot: listed status by
+-- status, a record moving between the two would be missed.
+SELECT * FROM runtime_records
+WHERE host_id = sqlc.arg(host_id)
+  AND status IN ('running', 'stopped')
+ORDER BY game_id;

@@ -4,8 +4,8 @@
 // runs a pass after every (re)subscribe and when its buffer overflowed; the
 // agent also runs one periodically.
 //
-// A pass lists the host's live records (running, stopped) first and the
-// host's labelled containers second, so that a container a job creates in
+// A pass lists the host's live records (running, stopped; one snapshot)
+// first and the host's labelled containers second, so that a container a job creates in
 // between is seen as a container without a record (left alone while the job
 // is queued or running) rather than a record's container being taken for
 // gone. Each repair re-inspects its container inside the record's
@@ -22,7 +22,9 @@
 //     removed record, or a second container of one game) → one
 //     container.orphaned event, and after OrphanGrace since its creation it
 //     is removed — unless a queued or running job of its game exists on the
-//     host.
+//     host. The report is decided under the game's lock, looking at Docker
+//     again first: the listing is older, and a container removed and its
+//     record's removal committed since then would look owned by nobody.
 //
 // Containers that are restarting, being removed, or created but not started
 // are left for a later event or pass, and so are the records of games a job
@@ -215,13 +217,9 @@ var tracer = otel.Tracer("github.com/galaxy/rtmanager/agent/reconcile")
 
 func (r *Reconciler) pass(ctx context.Context, rep *Report) error {
 	// Records first, containers second: see the package comment.
-	var records []runtime.RuntimeRecord
-	for _, st := range []runtime.Status{runtime.StatusRunning, runtime.StatusStopped} {
-		rs, err := r.store.ListRecords(ctx, r.cfg.HostID, st)
-		if err != nil {
-			return fmt.Errorf("reconcile: %w", err)
-		}
-		records = append(records, rs...)
+	records, err := r.store.ListLiveRecords(ctx, r.cfg.HostID)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
 	}
 	containers, err := r.eng.ListManaged(ctx)
 	if err != nil {
@@ -423,7 +421,7 @@ func (r *Reconciler) orphan(ctx context.Context, c engine.Container, rep *Report
 	if _, done := r.reported[c.ID]; !done {
 		wrote, ch, err := r.store.ReportOrphan(ctx, outbox.OrphanPayload{
 			HostID: r.cfg.HostID, GameID: c.GameID, ContainerID: c.ID, ContainerName: c.Name, At: r.now(),
-		})
+		}, r.stillThere(c.ID))
 		if err != nil {
 			return err
 		}
@@ -460,4 +458,19 @@ func (r *Reconciler) orphan(ctx context.Context, c engine.Container, rep *Report
 	r.log.Warn("orphaned container removed", "container_id", c.ID, "container_name", c.Name, "game_id", c.GameID,
 		"age", r.now().Sub(c.CreatedAt))
 	return nil
+}
+
+// stillThere asks Docker whether the container the pass listed still
+// exists (and is not being removed): see db.Store.ReportOrphan.
+func (r *Reconciler) stillThere(containerID string) func(context.Context) (bool, error) {
+	return func(ctx context.Context) (bool, error) {
+		c, err := r.eng.InspectContainer(ctx, containerID)
+		switch {
+		case errors.Is(err, engine.ErrNotFound):
+			return false, nil
+		case err != nil:
+			return false, err
+		}
+		return c.State != "removing", nil
+	}
 }

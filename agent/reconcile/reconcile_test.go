@@ -438,3 +438,58 @@ func TestLeavesAGameWithARunningJobToTheJob(t *testing.T) {
 		t.Fatalf("pass after the job: %+v, want a dispose", rep)
 	}
 }
+
+// listingRace is the real engine with work slipped in right before and
+// right after the pass lists the containers, as other writers of the host
+// could do.
+type listingRace struct {
+	engine.Engine
+	before, after func()
+}
+
+func (l *listingRace) ListManaged(ctx context.Context) ([]engine.Container, error) {
+	l.before()
+	cs, err := l.Engine.ListManaged(ctx)
+	l.after()
+	return cs, err
+}
+
+// TestNoOrphanReportOfAContainerGoneSinceTheListing: between the pass's
+// record listing and its container listing a job creates a game's
+// container and commits its record; right after the container listing the
+// sweeper removes the container and commits the record's removal. The pass
+// sees a container no listed record owns, but by the time it decides, the
+// container is gone: nothing to report.
+func TestNoOrphanReportOfAContainerGoneSinceTheListing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var g game
+	race := &listingRace{
+		Engine: e.eng,
+		before: func() {
+			g = e.create("raced")
+			e.record(g, runtime.StatusStopped)
+		},
+		after: func() {
+			if err := e.eng.RemoveContainer(e.ctx, g.c.ID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.store.CommitCleanup(e.ctx, e.get("raced")); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	r := reconcile.New(e.store, race, reconcile.Config{HostID: e.hostID, OrphanGrace: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	rep := e.pass(r)
+	if rep.Orphans != 1 || rep.OrphansReported != 0 || rep.Skipped != 1 {
+		t.Errorf("pass %+v; want the unlisted container seen, found gone, not reported", rep)
+	}
+	for _, ev := range e.events(2) {
+		if ev.Type == outbox.TypeContainerOrphaned {
+			t.Errorf("orphan reported for a container removed by its record's writer: %+v", ev.Orphan)
+		}
+	}
+	if got := e.get("raced"); got.Status != runtime.StatusRemoved {
+		t.Errorf("record %+v; want the sweeper's removal", got)
+	}
+}

@@ -22,10 +22,12 @@ type OrphanCheck struct {
 	// the host; it may be creating, adopting or replacing the container, so
 	// it must be left alone for now.
 	JobActive bool
+	// Gone: the container no longer exists (ReportOrphan only).
+	Gone bool
 }
 
 // Orphan reports whether the container is an orphan that may be acted on.
-func (c OrphanCheck) Orphan() bool { return !c.Owned && !c.JobActive }
+func (c OrphanCheck) Orphan() bool { return !c.Owned && !c.JobActive && !c.Gone }
 
 // CheckOrphan tells whether containerID (of game gameID, "" when the
 // container carries no game label) is owned by a live record of hostID or
@@ -52,10 +54,19 @@ func checkOrphan(ctx context.Context, q *dbsqlc.Queries, hostID, gameID, contain
 
 // ReportOrphan appends a container.orphaned event for o unless, checked in
 // the same transaction under the game's lock (the container's when it has no
-// game), the container turns out to be owned or in a job's hands, or an
-// event for it is already in the outbox. It returns whether it wrote the
+// game), the container turns out to be gone, owned or in a job's hands, or
+// an event for it is already in the outbox. It returns whether it wrote the
 // event, and the check it made.
-func (s *Store) ReportOrphan(ctx context.Context, o outbox.OrphanPayload) (bool, OrphanCheck, error) {
+//
+// exists is asked first, under the lock, and the records second. A listing
+// of containers is older than this transaction, and a writer that removes a
+// container (the sweeper, a remove job) does so before it commits the
+// record's removal: checked against the listing alone, a container removed
+// and committed meanwhile would look owned by nobody. Under the lock no
+// record commit can come between the two looks, and a job that finishes
+// needs the lock too, so what exists says still holds when the records are
+// read. A nil exists skips that look.
+func (s *Store) ReportOrphan(ctx context.Context, o outbox.OrphanPayload, exists func(context.Context) (bool, error)) (bool, OrphanCheck, error) {
 	ev, err := outbox.ForContainerOrphaned(o)
 	if err != nil {
 		return false, OrphanCheck{}, err
@@ -72,6 +83,16 @@ func (s *Store) ReportOrphan(ctx context.Context, o outbox.OrphanPayload) (bool,
 			}
 		} else if err := q.LockContainer(ctx, o.ContainerID); err != nil {
 			return fmt.Errorf("lock container %s: %w", o.ContainerID, err)
+		}
+		if exists != nil {
+			ok, err := exists(ctx)
+			if err != nil {
+				return fmt.Errorf("look for container %s: %w", o.ContainerID, err)
+			}
+			if !ok {
+				check.Gone = true
+				return nil
+			}
 		}
 		var err error
 		if check, err = checkOrphan(ctx, q, o.HostID, o.GameID, o.ContainerID); err != nil {

@@ -2,6 +2,8 @@ package db_test
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -23,7 +25,7 @@ func TestReportOrphanOnceAndOnlyWhenOrphan(t *testing.T) {
 	}
 	report := func(gameID, containerID string) (bool, db.OrphanCheck) {
 		t.Helper()
-		wrote, check, err := s.ReportOrphan(ctx, outbox.OrphanPayload{HostID: "host-a", GameID: gameID, ContainerID: containerID, ContainerName: "n", At: at})
+		wrote, check, err := s.ReportOrphan(ctx, outbox.OrphanPayload{HostID: "host-a", GameID: gameID, ContainerID: containerID, ContainerName: "n", At: at}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,5 +111,94 @@ func TestRepairRecordYieldsToAJobClaimedMeanwhile(t *testing.T) {
 	ch, busy, err = s.RepairRecord(ctx, "host-a", "g1", repair(false))
 	if err != nil || busy || !ch.Changed || ch.Record.Status != runtime.StatusStopped {
 		t.Fatalf("repair with no job running: change %+v, busy %v, err %v", ch, busy, err)
+	}
+}
+
+// TestReportOrphanLooksAtDockerUnderTheLock: a container the reconciler
+// listed may have been removed, and its record's removal committed, by the
+// time the report is decided (the sweeper and remove jobs remove first and
+// commit second). The records then say nobody owns it; the look at Docker,
+// made under the game's lock, says it is gone, and nothing is reported.
+func TestReportOrphanLooksAtDockerUnderTheLock(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	if _, err := s.UpdateRecord(ctx, "g1", createRunning("c1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateRecord(ctx, "g1", func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		next, err := cur.Remove("c1", at)
+		return next, outbox.TransitionDetails{Reason: outbox.ReasonCleanup}, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	orphan := outbox.OrphanPayload{HostID: "host-a", GameID: "g1", ContainerID: "c1", ContainerName: "n", At: at}
+
+	var lockHeld bool
+	gone := func(ctx context.Context) (bool, error) {
+		// Another session cannot take the game's lock meanwhile.
+		err := s.Pool().QueryRow(ctx, `SELECT NOT pg_try_advisory_lock(1920233, hashtext('g1'))`).Scan(&lockHeld)
+		return false, err
+	}
+	wrote, check, err := s.ReportOrphan(ctx, orphan, gone)
+	if err != nil || wrote || !check.Gone || check.Orphan() {
+		t.Fatalf("container gone: wrote %v, check %+v, err %v", wrote, check, err)
+	}
+	if !lockHeld {
+		t.Error("exists was asked without the game's lock held")
+	}
+
+	boom := errors.New("daemon unreachable")
+	if wrote, _, err := s.ReportOrphan(ctx, orphan, func(context.Context) (bool, error) { return false, boom }); !errors.Is(err, boom) || wrote {
+		t.Errorf("Docker failing: wrote %v, err %v; want the error and nothing written", wrote, err)
+	}
+	if wrote, check, err := s.ReportOrphan(ctx, orphan, func(context.Context) (bool, error) { return true, nil }); err != nil || !wrote || !check.Orphan() {
+		t.Errorf("container still there: wrote %v, check %+v, err %v; want it reported", wrote, check, err)
+	}
+	if evs := readEvents(t, s, 3); evs[len(evs)-1].Type != outbox.TypeContainerOrphaned || len(evs) != 3 {
+		t.Errorf("events %+v; want created, removed, one orphan report", evs)
+	}
+}
+
+// TestListLiveRecords: the reconciler's view of a host is its running and
+// stopped records, not its removed ones nor another host's.
+func TestListLiveRecords(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	put := func(gameID, hostID string, status runtime.Status) {
+		t.Helper()
+		p := placement(gameID)
+		p.HostID = hostID
+		if _, err := s.UpdateRecord(ctx, gameID, func(_ *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			r, err := runtime.Create(p, "c-"+gameID, "engine:1", at)
+			switch {
+			case err != nil:
+			case status == runtime.StatusStopped:
+				r, err = r.Stop("c-"+gameID, at)
+			case status == runtime.StatusRemoved:
+				r, err = r.Remove("c-"+gameID, at)
+			}
+			return r, outbox.TransitionDetails{Reason: outbox.ReasonJobStart}, err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("g-running", "host-a", runtime.StatusRunning)
+	put("g-stopped", "host-a", runtime.StatusStopped)
+	put("g-removed", "host-a", runtime.StatusRemoved)
+	put("g-elsewhere", "host-b", runtime.StatusRunning)
+
+	recs, err := s.ListLiveRecords(ctx, "host-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.GameID+":"+string(r.Status))
+	}
+	if want := []string{"g-running:running", "g-stopped:stopped"}; !slices.Equal(got, want) {
+		t.Errorf("live records of host-a: %v, want %v", got, want)
 	}
 }

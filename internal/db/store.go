@@ -173,6 +173,20 @@ func (s *Store) GetRecord(ctx context.Context, gameID string) (runtime.RuntimeRe
 	return recordFromRow(row), nil
 }
 
+// ListLiveRecords returns the running and stopped records of a host, read
+// in one snapshot.
+func (s *Store) ListLiveRecords(ctx context.Context, hostID string) ([]runtime.RuntimeRecord, error) {
+	rows, err := s.q.ListLiveRecordsByHost(ctx, hostID)
+	if err != nil {
+		return nil, fmt.Errorf("list live records of host %s: %w", hostID, err)
+	}
+	out := make([]runtime.RuntimeRecord, len(rows))
+	for i, row := range rows {
+		out[i] = recordFromRow(row)
+	}
+	return out, nil
+}
+
 // ListRecords returns the records of a host, optionally of one status only.
 func (s *Store) ListRecords(ctx context.Context, hostID string, status runtime.Status) ([]runtime.RuntimeRecord, error) {
 	var st *string

@@ -60,6 +60,49 @@ func (q *Queries) GetRecordForUpdate(ctx context.Context, gameID string) (Runtim
 	return i, err
 }
 
+const listLiveRecordsByHost = `-- name: ListLiveRecordsByHost :many
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at FROM runtime_records
+WHERE host_id = $1
+  AND status IN ('running', 'stopped')
+ORDER BY game_id
+`
+
+// The host's running and stopped records in one snapshot: listed status by
+// status, a record moving between the two would be missed.
+func (q *Queries) ListLiveRecordsByHost(ctx context.Context, hostID string) ([]RuntimeRecord, error) {
+	rows, err := q.db.Query(ctx, listLiveRecordsByHost, hostID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []RuntimeRecord
+	for rows.Next() {
+		var i RuntimeRecord
+		if err := rows.Scan(
+			&i.GameID,
+			&i.HostID,
+			&i.Status,
+			&i.CurrentContainerID,
+			&i.CurrentImageRef,
+			&i.EngineEndpoint,
+			&i.StatePath,
+			&i.DockerNetwork,
+			&i.StartedAt,
+			&i.StoppedAt,
+			&i.RemovedAt,
+			&i.LastOpAt,
+			&i.CreatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listRecordsByHost = `-- name: ListRecordsByHost :many
 SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at FROM runtime_records
 WHERE host_id = $1
