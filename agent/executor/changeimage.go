@@ -63,7 +63,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 	if old != nil {
 		res.Containers = append(res.Containers, old.ID)
 		wasRunning = old.Running
-		e.expect(old.ID, intent.Stop, t.Job.ID)
+		e.expect(old.ID, intent.Stop, t)
 		if err := e.eng.StopContainer(ctx, old.ID, t.Spec.StopTimeout); err != nil {
 			return res, fmt.Errorf("change the image of game %s: stop the old container: %w", g, engineErr(err))
 		}
@@ -72,7 +72,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 				return res, fmt.Errorf("change the image of game %s: move the old container aside: %w", g, engineErr(err))
 			}
 		} else {
-			e.expect(old.ID, intent.Remove, t.Job.ID)
+			e.expect(old.ID, intent.Remove, t)
 			if err := e.eng.RemoveContainer(ctx, old.ID); err != nil {
 				return res, fmt.Errorf("change the image of game %s: remove the old container: %w", g, engineErr(err))
 			}
@@ -99,7 +99,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 	if old != nil && canRename {
 		oldCID := old.ID
 		res.AfterCommit = func(ctx context.Context) error {
-			e.expect(oldCID, intent.Remove, jobID)
+			e.expect(oldCID, intent.Remove, t)
 			if err := e.eng.RemoveContainer(ctx, oldCID); err != nil {
 				return fmt.Errorf("remove the replaced container %s of game %s: %w", oldCID, g, err)
 			}
@@ -121,7 +121,7 @@ func (e *Executor) createAndStart(ctx context.Context, t worker.Task, spec engin
 		if c.Running {
 			return "", job.Permanent(fmt.Errorf("container %s runs image %s under the game's name", c.ID, c.Image))
 		}
-		e.expect(c.ID, intent.Remove, t.Job.ID)
+		e.expect(c.ID, intent.Remove, t)
 		res.Containers = append(res.Containers, c.ID)
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return "", engineErr(err)
@@ -131,7 +131,7 @@ func (e *Executor) createAndStart(ctx context.Context, t worker.Task, spec engin
 		}
 	}
 	res.Containers = append(res.Containers, c.ID)
-	e.expect(c.ID, intent.Start, t.Job.ID)
+	e.expect(c.ID, intent.Start, t)
 	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
 		return c.ID, engineErr(err)
 	}
@@ -145,7 +145,7 @@ func (e *Executor) rollback(ctx context.Context, t worker.Task, oldID, newID str
 	defer cancel()
 	log := e.log.With("job_id", t.Job.ID, "game_id", t.Spec.GameID, "old_container", oldID)
 	if newID != "" {
-		e.expect(newID, intent.Remove, t.Job.ID)
+		e.expect(newID, intent.Remove, t)
 		if err := e.eng.RemoveContainer(ctx, newID); err != nil {
 			log.Error("image change rollback: could not remove the new container", "container", newID, "err", err)
 			return
@@ -156,7 +156,7 @@ func (e *Executor) rollback(ctx context.Context, t worker.Task, oldID, newID str
 		return
 	}
 	if wasRunning {
-		e.expect(oldID, intent.Start, t.Job.ID)
+		e.expect(oldID, intent.Start, t)
 		if err := e.eng.StartContainer(ctx, oldID); err != nil {
 			log.Error("image change rollback: could not start the old container again", "err", err)
 			return

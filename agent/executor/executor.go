@@ -143,9 +143,9 @@ func (e *Executor) record(ctx context.Context, gameID string) (*runtime.RuntimeR
 	return &rec, nil
 }
 
-func (e *Executor) expect(id string, a intent.Action, jobID int64) {
+func (e *Executor) expect(id string, a intent.Action, t worker.Task) {
 	if e.intents != nil && id != "" {
-		e.intents.Expect(id, a, jobID)
+		e.intents.Expect(id, a, t.Job.ID, t.Job.Attempt)
 	}
 }
 
@@ -227,7 +227,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		if c.Running {
 			return worker.Result{}, job.Permanent(fmt.Errorf("start game %s: container %s runs image %s, not %s; use an image change", g, c.ID, c.Image, image))
 		}
-		e.expect(c.ID, intent.Remove, t.Job.ID)
+		e.expect(c.ID, intent.Remove, t)
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return worker.Result{Containers: []string{c.ID}}, fmt.Errorf("start game %s: replace its stopped container of image %s: %w", g, c.Image, engineErr(err))
 		}
@@ -237,7 +237,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		}
 	}
 	res := worker.Result{Containers: []string{c.ID}}
-	e.expect(c.ID, intent.Start, t.Job.ID)
+	e.expect(c.ID, intent.Start, t)
 	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
 		return res, fmt.Errorf("start game %s: %w", g, engineErr(err))
 	}
@@ -271,7 +271,7 @@ func (e *Executor) stop(ctx context.Context, t worker.Task, rec runtime.RuntimeR
 		return worker.Result{}, job.Permanent(fmt.Errorf("stop game %s: the record names no container", g))
 	}
 	res := worker.Result{Containers: []string{id}}
-	e.expect(id, intent.Stop, t.Job.ID)
+	e.expect(id, intent.Stop, t)
 	err := e.eng.StopContainer(ctx, id, t.Spec.StopTimeout)
 	if errors.Is(err, engine.ErrNotFound) {
 		res.Record = disposed(id, t.Job.ID)
@@ -321,7 +321,7 @@ func (e *Executor) restart(ctx context.Context, t worker.Task, rec runtime.Runti
 		return worker.Result{}, job.Permanent(fmt.Errorf("restart game %s: the record names no container", g))
 	}
 	res := worker.Result{Containers: []string{id}}
-	e.expect(id, intent.Restart, t.Job.ID)
+	e.expect(id, intent.Restart, t)
 	if err := e.eng.RestartContainer(ctx, id, t.Spec.StopTimeout); err != nil {
 		if errors.Is(err, engine.ErrNotFound) {
 			return res, job.Permanent(fmt.Errorf("restart game %s: its container %s is gone; start the game instead: %w", g, id, err))
@@ -345,7 +345,7 @@ func (e *Executor) remove(ctx context.Context, t worker.Task, rec runtime.Runtim
 	var res worker.Result
 	if id != "" {
 		res.Containers = []string{id}
-		e.expect(id, intent.Remove, t.Job.ID)
+		e.expect(id, intent.Remove, t)
 		if err := e.eng.RemoveContainer(ctx, id); err != nil {
 			return res, fmt.Errorf("remove game %s: %w", g, engineErr(err))
 		}
@@ -354,7 +354,7 @@ func (e *Executor) remove(ctx context.Context, t worker.Task, rec runtime.Runtim
 	// name (an earlier attempt's leftover) goes too.
 	if c, err := e.eng.InspectContainer(ctx, runtime.ContainerName(g)); err == nil && c.GameID == g {
 		res.Containers = append(res.Containers, c.ID)
-		e.expect(c.ID, intent.Remove, t.Job.ID)
+		e.expect(c.ID, intent.Remove, t)
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return res, fmt.Errorf("remove game %s: %w", g, engineErr(err))
 		}

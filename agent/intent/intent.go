@@ -28,7 +28,8 @@ const (
 type Intent struct {
 	ContainerID string
 	Action      Action
-	JobID       int64
+	JobID       int64 // 0: not a job's (the sweeper's)
+	Attempt     int   // the job's attempt that registered it
 	At          time.Time
 }
 
@@ -51,11 +52,11 @@ func New(ttl time.Duration, now func() time.Time) *Registry {
 }
 
 // Expect records that the agent is about to ask for action on containerID
-// on behalf of jobID.
-func (r *Registry) Expect(containerID string, action Action, jobID int64) {
+// on behalf of an attempt of jobID (0, 0 when no job asks).
+func (r *Registry) Expect(containerID string, action Action, jobID int64, attempt int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.pending[containerID] = append(r.live(containerID), Intent{ContainerID: containerID, Action: action, JobID: jobID, At: r.now()})
+	r.pending[containerID] = append(r.live(containerID), Intent{ContainerID: containerID, Action: action, JobID: jobID, Attempt: attempt, At: r.now()})
 }
 
 // Lookup reports the most recent live intent for containerID among
@@ -75,11 +76,25 @@ func (r *Registry) Lookup(containerID string, actions ...Action) (Intent, bool) 
 	return Intent{}, false
 }
 
-// Forget drops every intent for containerID, when its operation is over.
-func (r *Registry) Forget(containerID string) {
+// Forget drops the intents that an attempt of jobID registered for
+// containerID, when the attempt is over. The intents of others stay: the
+// game's next job (or the job's next attempt) may already have registered
+// its own for the same container, since it can be claimed as soon as this
+// attempt's outcome commits, and so may the sweeper.
+func (r *Registry) Forget(containerID string, jobID int64, attempt int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.pending, containerID)
+	kept := r.pending[containerID][:0]
+	for _, in := range r.pending[containerID] {
+		if in.JobID != jobID || in.Attempt != attempt {
+			kept = append(kept, in)
+		}
+	}
+	if len(kept) == 0 {
+		delete(r.pending, containerID)
+		return
+	}
+	r.pending[containerID] = kept
 }
 
 // live returns the unexpired intents of containerID and drops the rest.

@@ -54,7 +54,7 @@ func TestKillRemoveAndRestartPolicy(t *testing.T) {
 
 	// A stop the agent asked for is attributed to its job.
 	g3 := e.runningGame("g3")
-	e.intents.Expect(g3.c.ID, intent.Stop, 77)
+	e.intents.Expect(g3.c.ID, intent.Stop, 77, 1)
 	if err := e.eng.StopContainer(e.ctx, g3.c.ID, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}

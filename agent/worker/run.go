@@ -59,7 +59,7 @@ func (w *Worker) runJob(r *running) {
 	}
 
 	res, err := w.execute(r.ctx, Task{Job: j, Spec: spec, HostID: w.cfg.HostID, Network: w.cfg.Network})
-	defer w.forget(res.Containers)
+	defer w.forget(j, res.Containers)
 	if err != nil {
 		r.span.RecordError(err)
 		r.span.SetStatus(codes.Error, err.Error())
@@ -241,12 +241,12 @@ func (w *Worker) backoff(attempt int) time.Duration {
 	return half + rand.N(half+1)
 }
 
-func (w *Worker) forget(containers []string) {
+func (w *Worker) forget(j db.Job, containers []string) {
 	if w.intents == nil {
 		return
 	}
 	for _, id := range containers {
-		w.intents.Forget(id)
+		w.intents.Forget(id, j.ID, j.Attempt)
 	}
 }
 

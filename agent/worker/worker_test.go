@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
@@ -580,3 +581,29 @@ func TestManyWorkersKeepPerGameOrder(t *testing.T) {
 
 // quiet discards the worker's logs in benchmarks.
 var quiet = slog.New(slog.DiscardHandler)
+
+// TestForgetsOnlyItsOwnIntents: once a job's outcome commits, the game's
+// next job can be claimed and register its intent on the same container
+// before the finished job forgets its own. The finished job must leave the
+// next one's alone, or the watcher reports the next job's stop as a death
+// no job asked for.
+func TestForgetsOnlyItsOwnIntents(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	intents := intent.New(time.Minute, nil)
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		intents.Expect("c1", intent.Restart, task.Job.ID, task.Job.Attempt)
+		intents.Expect("c1", intent.Stop, task.Job.ID+1, 1) // the next job's, registered meanwhile
+		return worker.Result{Containers: []string{"c1"}}, nil
+	})
+	startWorker(t, worker.New(s, exec, intents, testConfig("owner-1")))
+	id := insert(t, s, "g1", "restart", `{}`, 0)
+	waitStatus(t, s, id, job.StatusSucceeded)
+	wait.For(t, 30*time.Second, "the finished job's intent forgotten", func() bool {
+		_, ok := intents.Lookup("c1", intent.Restart)
+		return !ok
+	})
+	if in, ok := intents.Lookup("c1", intent.Stop); !ok || in.JobID != id+1 {
+		t.Errorf("the next job's intent: %+v, %v; want it kept", in, ok)
+	}
+}
