@@ -58,9 +58,5 @@ func (s *Store) ListAllRecords(ctx context.Context, f RecordFilter) ([]runtime.R
 	if err != nil {
 		return nil, fmt.Errorf("list records: %w", err)
 	}
-	out := make([]runtime.RuntimeRecord, len(rows))
-	for i, r := range rows {
-		out[i] = recordFromRow(r)
-	}
-	return out, nil
+	return recordsFromRows(rows), nil
 }

@@ -180,11 +180,7 @@ func (s *Store) ListLiveRecords(ctx context.Context, hostID string) ([]runtime.R
 	if err != nil {
 		return nil, fmt.Errorf("list live records of host %s: %w", hostID, err)
 	}
-	out := make([]runtime.RuntimeRecord, len(rows))
-	for i, row := range rows {
-		out[i] = recordFromRow(row)
-	}
-	return out, nil
+	return recordsFromRows(rows), nil
 }
 
 // ListRecords returns the records of a host, optionally of one status only.
@@ -198,11 +194,15 @@ func (s *Store) ListRecords(ctx context.Context, hostID string, status runtime.S
 	if err != nil {
 		return nil, fmt.Errorf("list records of host %s: %w", hostID, err)
 	}
+	return recordsFromRows(rows), nil
+}
+
+func recordsFromRows(rows []dbsqlc.RuntimeRecord) []runtime.RuntimeRecord {
 	out := make([]runtime.RuntimeRecord, len(rows))
-	for i, row := range rows {
-		out[i] = recordFromRow(row)
+	for i, r := range rows {
+		out[i] = recordFromRow(r)
 	}
-	return out, nil
+	return out
 }
 
 func recordFromRow(r dbsqlc.RuntimeRecord) runtime.RuntimeRecord {

@@ -121,11 +121,7 @@ func (s *Store) ListExpiredStopped(ctx context.Context, hostID string, cutoff ti
 	if err != nil {
 		return nil, fmt.Errorf("list expired stopped records of host %s: %w", hostID, err)
 	}
-	out := make([]runtime.RuntimeRecord, len(rows))
-	for i, row := range rows {
-		out[i] = recordFromRow(row)
-	}
-	return out, nil
+	return recordsFromRows(rows), nil
 }
 
 // StillExpired re-reads a record selected for cleanup and reports whether
