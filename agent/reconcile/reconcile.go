@@ -5,10 +5,10 @@
 // agent also runs one periodically.
 //
 // A pass lists the host's live records (running, stopped; one snapshot)
-// first and the host's labelled containers second, so that a container a job creates in
-// between is seen as a container without a record (left alone while the job
-// is queued or running) rather than a record's container being taken for
-// gone. Each repair re-inspects its container inside the record's
+// first and the host's labelled containers second, so that a container a
+// job creates in between is seen as a container without a record (left
+// alone while the job is queued or running) rather than a record's
+// container being taken for gone. Each repair re-inspects its container inside the record's
 // transaction (under the game's lock), so it decides on what Docker says at
 // commit time, not on the listing, and is skipped when the record moved in
 // between. Repairs:
