@@ -7,6 +7,75 @@
 // RFC 3339 in UTC with nanoseconds (trailing zeros dropped, as Go's
 // time.RFC3339Nano writes them); optional fields are left out rather
 // than null.
+//
+// # What reason means
+//
+// The reason of a runtime.* event names the cause of the change, never the
+// part of the agent that happened to commit it. A job's own commit, the
+// events watcher and a relist may each find the same change of a
+// container; whichever commits first writes the one event, and it says the
+// same thing:
+//
+//   - a change a job asked for carries job_<kind> and the job's id
+//     (job_id, with requested_by_job true), and for a stop the exit code,
+//     with oom only when Docker reported an OOM kill;
+//   - observed_* (a Docker event), reconcile_* (a relist) and cleanup (the
+//     sweeper) are for changes no job asked for, and carry no job id.
+//
+// Which job asked is read from the job table, not from the agent's
+// memory: the game's job in progress (ActiveJob) is its job that has been
+// claimed at least once and has not finished — running, or queued again
+// for its next attempt, after a drain or after its agent died. Every
+// writer reads it under the game's lock, and a job's outcome commits with
+// its record change under that lock, so the answer is the same whoever
+// commits first, and after a restart of the agent.
+//
+// Each job kind asks for one change of the record, reported by one event
+// (none when the job finds its goal already reached, such as a start of
+// a game that runs the image asked for):
+//
+//	kind          event            from → to
+//	start         runtime.running  (none) or stopped → running
+//	stop          runtime.stopped  running → stopped, exit_code set
+//	restart       runtime.running  running or stopped → running: same container, new started_at
+//	remove        runtime.removed  running or stopped → removed
+//	change_image  runtime.running  running or stopped → running: new container and image
+//
+// The steps Docker goes through on the way are part of that change and are
+// not reported on their own (Claim says Passing): the die of a restart,
+// the kill of a running container a remove destroys (so no stopped event
+// comes before runtime.removed), the exit and removal of the container an
+// image change replaces, and the removal of a stopped container that a
+// start replaces by one of another image. Observed steps the job asks
+// for (Claimed) are reported with the job's reason whoever sees them
+// first: the start of the same container by a start or a restart job, the
+// die of a stop job, the destroy of a remove job. The table of Claim:
+//
+//	job in progress  container started  exited     gone
+//	start            claimed            unclaimed  passing
+//	stop             unclaimed          claimed    unclaimed
+//	restart          claimed            passing    unclaimed
+//	remove           unclaimed          passing    claimed
+//	change_image     passing            passing    passing
+//
+// What the job does not ask for keeps the observer's reason, even while
+// the job runs: an engine that dies during a start job, or right after a
+// start, restart or image change started it, is reported observed_die.
+// When that die comes before the job's own change is recorded (the record
+// does not name the new container yet, or the die looks like a step of a
+// restart), the job looks at its container again just after its commit
+// and records the exit then, still as observed_die.
+//
+// The limits, by design: the agent cannot tell a step a job asks for from
+// the same step happening on its own while the job is in progress, so an
+// engine that crashes while a stop job is in progress is reported as that
+// stop (job_stop, with the crash's exit code), and its exit during a
+// restart, a remove or an image change is part of that job's change. A job
+// that changed the container and then ended without recording it (failed
+// after its attempts, cancelled) leaves the change to the next relist
+// (reconcile_*). And a container removed behind the agent's back while a
+// stop job runs is reported reconcile_dispose when the job finds it gone
+// first, observed_destroy when the watcher does.
 package outbox
 
 import (
@@ -28,7 +97,8 @@ const (
 	// started again, or bound to a new image). Payload: RuntimePayload.
 	TypeRuntimeRunning Type = "runtime.running"
 	// TypeRuntimeStopped: a game's engine exited (stop job, observed die,
-	// or an exit found by reconciliation). Payload: RuntimePayload, with
+	// or an exit found by reconciliation; never on the way of a restart,
+	// a remove or an image change). Payload: RuntimePayload, with
 	// exit_code and oom when known.
 	TypeRuntimeStopped Type = "runtime.stopped"
 	// TypeRuntimeRemoved: a game's container was removed; the record is
@@ -81,11 +151,13 @@ const (
 	ReasonJobRemove Reason = "job_remove"
 	// ReasonJobChangeImage: an image change job.
 	ReasonJobChangeImage Reason = "job_change_image"
-	// ReasonObservedStart: a Docker start event (restart policies included).
+	// ReasonObservedStart: a Docker start event no job asked for
+	// (restart policies, someone else's docker start).
 	ReasonObservedStart Reason = "observed_start"
-	// ReasonObservedDie: a Docker die event.
+	// ReasonObservedDie: a Docker die event no job asked for (a crash, a
+	// kill behind the agent's back).
 	ReasonObservedDie Reason = "observed_die"
-	// ReasonObservedDestroy: a Docker destroy event.
+	// ReasonObservedDestroy: a Docker destroy event no job asked for.
 	ReasonObservedDestroy Reason = "observed_destroy"
 	// ReasonReconcileExit: reconciliation found the container exited.
 	ReasonReconcileExit Reason = "reconcile_exit"
@@ -199,8 +271,8 @@ func (s RecordSnapshot) Record() runtime.RuntimeRecord {
 //	  "image_ref": "registry.example.com/galaxy/engine:1.4",
 //	  "exit_code": 137,              // when known (stops)
 //	  "oom": true,                   // when Docker reported an OOM kill
-//	  "requested_by_job": true,      // when a job caused the transition
-//	  "job_id": 42,                  // that job
+//	  "requested_by_job": true,      // with a job_* reason: the job asked for it
+//	  "job_id": 42,                  // that job (job_* reasons only)
 //	  "at": "2026-03-01T12:00:00.123456789Z",
 //	  "record": { ...RecordSnapshot: the record after the transition... }
 //	}
@@ -227,10 +299,11 @@ type TransitionDetails struct {
 	ExitCode *int
 	// OOM reports that Docker said the engine was killed for memory.
 	OOM bool
-	// RequestedByJob reports that a job caused the transition; it is
-	// implied by a non-zero JobID.
+	// RequestedByJob reports that a job asked for the transition; it is
+	// implied by a non-zero JobID and allowed with a job_* reason only.
 	RequestedByJob bool
-	// JobID is the job that caused the transition, 0 for none.
+	// JobID is the job that asked for the transition, 0 for none; set with
+	// a job_* reason only.
 	JobID int64
 }
 
@@ -248,6 +321,11 @@ func ForTransition(before *runtime.RuntimeRecord, after runtime.RuntimeRecord, d
 	}
 	if d.JobID < 0 {
 		return Event{}, fmt.Errorf("outbox: transition of game %q: negative job id %d", after.GameID, d.JobID)
+	}
+	if !d.Reason.IsJob() && (d.JobID != 0 || d.RequestedByJob) {
+		// See the package documentation: only a job's own change names it.
+		return Event{}, fmt.Errorf("outbox: transition of game %q: reason %q is for changes no job asked for, yet job %d is named",
+			after.GameID, d.Reason, d.JobID)
 	}
 	var typ Type
 	switch after.Status {

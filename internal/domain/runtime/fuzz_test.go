@@ -34,7 +34,7 @@ func FuzzTransitionsKeepRecordValid(f *testing.F) {
 			now = now.Add(time.Duration(int8(data[i+3])) * time.Second)
 
 			var next RuntimeRecord
-			switch data[i] % 5 {
+			switch data[i] % 6 {
 			case 0:
 				next, err = r.Start(container, image, now)
 			case 1:
@@ -45,6 +45,9 @@ func FuzzTransitionsKeepRecordValid(f *testing.F) {
 				next, err = r.Remove(container, now)
 			case 4:
 				next, err = r.ChangeImage(container, image, now)
+			case 5:
+				// The run began up to the step's time byte in seconds before.
+				next, err = r.Restart(container, now.Add(-time.Duration(data[i+2])*time.Second), now)
 			}
 
 			if r.Status == StatusRemoved && !errors.Is(err, ErrRemoved) {

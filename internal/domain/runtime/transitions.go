@@ -151,6 +151,47 @@ func (r RuntimeRecord) ObserveStart(containerID string, at time.Time) (RuntimeRe
 	}
 }
 
+// Restart applies a restart of the record's current container, whose new
+// run began at runStartedAt (the daemon's time): a running or stopped
+// record becomes running with StartedAt and LastOpAt set to at and
+// StoppedAt cleared; container and image stay. A running record differs
+// from the result only in its times, and that is the point: the engine
+// was stopped and started again.
+//
+// A container keeps its id across restarts, so whether a record already
+// reflects this restart is read from its times: a record whose current
+// run started at or after runStartedAt (running), or whose last run
+// ended at or after it (stopped: the new run has already been seen to
+// end), is returned unchanged. Callers therefore date a restart no
+// earlier than Docker's own report of it (at not before runStartedAt),
+// so that a replayed start event is recognised as already applied.
+func (r RuntimeRecord) Restart(containerID string, runStartedAt, at time.Time) (RuntimeRecord, error) {
+	const op = "restart"
+	if err := r.precheck(op); err != nil {
+		return r, err
+	}
+	if err := r.refuseStale(op, containerID); err != nil {
+		return r, err
+	}
+	if runStartedAt.IsZero() || at.Before(runStartedAt) {
+		return r, fmt.Errorf("%w: %s game %q: run start %v must be set and not after the step's time %v",
+			ErrInvalidTransition, op, r.GameID, runStartedAt, at)
+	}
+	switch r.Status {
+	case StatusRunning:
+		if r.StartedAt != nil && !r.StartedAt.Before(runStartedAt) {
+			return r, nil
+		}
+	case StatusStopped:
+		if r.StoppedAt != nil && !r.StoppedAt.Before(runStartedAt) {
+			return r, nil
+		}
+	default:
+		return r, r.unexpectedStatus(op)
+	}
+	return r.toRunning(op, containerID, r.CurrentImageRef, at)
+}
+
 // Stop applies a stop job, an observed Docker die or a reconciled exit: a
 // running record becomes stopped with StoppedAt set; a stopped record is
 // returned unchanged.

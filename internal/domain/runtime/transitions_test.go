@@ -151,6 +151,43 @@ func TestTransitions(t *testing.T) {
 		{name: "observe start invalid record", from: invalid, wantErr: ErrInvalidTransition,
 			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.ObserveStart("c1", later) }},
 
+		// Restart: dated by the daemon's start of the new run.
+		{name: "restart running", from: validRunning,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", later, later) },
+			want: func(r RuntimeRecord) RuntimeRecord {
+				r.StartedAt, r.LastOpAt = &later, later
+				return r
+			}},
+		{name: "restart running dated after the run began", from: validRunning,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", later, later.Add(time.Second)) },
+			want: func(r RuntimeRecord) RuntimeRecord {
+				after := later.Add(time.Second)
+				r.StartedAt, r.LastOpAt = &after, after
+				return r
+			}},
+		{name: "restart stopped", from: validStopped,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", later, later) },
+			want: func(r RuntimeRecord) RuntimeRecord {
+				r.Status, r.StartedAt, r.StoppedAt, r.LastOpAt = StatusRunning, &later, nil, later
+				return r
+			}},
+		{name: "restart running: the run began at or after it already", from: validRunning, unchanged: true,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", t0.Add(time.Second), later) }},
+		{name: "restart running: a replayed earlier start", from: validRunning, unchanged: true,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", t0, t0) }},
+		{name: "restart stopped: the new run has already ended", from: validStopped, unchanged: true,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", t0.Add(1500*time.Millisecond), later) }},
+		{name: "restart dated before its run", from: validRunning, wantErr: ErrInvalidTransition,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", later, later.Add(-time.Second)) }},
+		{name: "restart without run start", from: validRunning, wantErr: ErrInvalidTransition,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", time.Time{}, later) }},
+		{name: "restart stale", from: validRunning, wantErr: ErrStaleContainer,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c0", later, later) }},
+		{name: "restart removed", from: validRemoved, wantErr: ErrRemoved,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", later, later) }},
+		{name: "restart invalid record", from: invalid, wantErr: ErrInvalidTransition,
+			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", later, later) }},
+
 		// Stop.
 		{name: "stop running", from: validRunning,
 			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Stop("c1", later) },
