@@ -14,15 +14,20 @@ SELECT EXISTS (
       AND status IN ('queued', 'running')
 )::boolean AS active;
 
--- name: GameHasRunningJob :one
--- Whether a job of the game on the host is running: it is changing the
--- game's container now and commits the record's transition itself.
-SELECT EXISTS (
-    SELECT 1 FROM jobs
-    WHERE game_id = sqlc.arg(game_id)
-      AND host_id = sqlc.arg(host_id)
-      AND status = 'running'
-)::boolean AS running;
+-- name: GameJobInProgress :one
+-- The game's job in progress on the host, if any: claimed at least once
+-- (started_at is set at every claim and never cleared) and not finished —
+-- running, or queued again for its next attempt, after a drain or after
+-- its agent died. Jobs of a game run one at a time in id order, so there
+-- is at most one; the changes it asks for are its own until it finishes.
+-- Read under the game's lock by every writer of the game's record.
+SELECT id, kind FROM jobs
+WHERE game_id = sqlc.arg(game_id)
+  AND host_id = sqlc.arg(host_id)
+  AND status IN ('queued', 'running')
+  AND (status = 'running' OR started_at IS NOT NULL)
+ORDER BY id
+LIMIT 1;
 
 -- name: RecordOwnsContainer :one
 -- Whether a live (running or stopped) record of the host is bound to the

@@ -28,8 +28,10 @@
 //
 // Containers that are restarting, being removed, or created but not started
 // are left for a later event or pass, and so are the records of games a job
-// is working on or whose container this agent's sweeper is removing: their
-// writer commits the change itself. Transitions are dated with the
+// is working on (its job in progress: running, or queued again for its next
+// attempt after a failure, a drain or its agent's death) or whose container
+// this agent's sweeper is removing: their writer commits the change itself,
+// under its own reason (see package outbox). Transitions are dated with the
 // daemon's own times (StartedAt, FinishedAt) so the watcher's duplicate
 // detection (event time not after the record's last_op_at) stays right.
 //
@@ -359,13 +361,14 @@ func daemonTime(t, at time.Time) time.Time {
 // commits what Decide says. It returns the reason of the committed
 // transition, "" when there was nothing to do by then.
 //
-// A game with a running job is left alone: the job is changing its
-// container right now (the record lags behind Docker until it commits) and
-// commits the transition itself; a repair would race it and report the
-// job's own change as a repair. The store checks for one after the
-// inspect, under the game's lock (see db.Store.RepairRecord). If the job
-// dies, its lease expires, it runs again, and a later pass sees the game
-// idle.
+// A game with a job in progress is left alone: the job is changing its
+// container (the record lags behind Docker until it commits), or did so in
+// an attempt that ended before its commit, and its next attempt commits
+// the transition as the job's; a repair would report the job's own change
+// as a repair. The store checks for one after the inspect, under the
+// game's lock (see db.Store.RepairRecord). If the job dies, its lease
+// expires and it runs again; once it has finished, a later pass sees the
+// game idle and repairs what is left.
 func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord) (outbox.Reason, error) {
 	var reason outbox.Reason
 	ch, busy, err := r.store.RepairRecord(ctx, r.cfg.HostID, listed.GameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {

@@ -406,10 +406,11 @@ func TestLeavesTheSweepersRemovalToTheSweeper(t *testing.T) {
 	}
 }
 
-// TestLeavesAGameWithARunningJobToTheJob: a job of the game is running (it
-// is changing the container and commits the record itself), so a pass
-// leaves the record as it is; once the job is over, a pass repairs it.
-func TestLeavesAGameWithARunningJobToTheJob(t *testing.T) {
+// TestLeavesAGameWithAJobInProgressToTheJob: a job of the game is running
+// (it is changing the container and commits the record itself), or queued
+// again for its next attempt (which commits it), so a pass leaves the
+// record as it is; once the job is over, a pass repairs it.
+func TestLeavesAGameWithAJobInProgressToTheJob(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	g := e.create("busy")
@@ -431,7 +432,19 @@ func TestLeavesAGameWithARunningJobToTheJob(t *testing.T) {
 	if got := e.get("busy"); got.Status != runtime.StatusRunning {
 		t.Fatalf("record while the job runs: %+v", got)
 	}
-	if _, err := e.store.ReleaseJob(e.ctx, claimed[0], "owner-1"); err != nil {
+	if _, err := e.store.RetryJob(e.ctx, claimed[0], "owner-1", time.Hour, "daemon busy"); err != nil {
+		t.Fatal(err)
+	}
+	if rep := e.pass(r); rep.Repairs() != 0 || rep.Skipped != 1 {
+		t.Fatalf("pass while the job waits for its next attempt: %+v, want the record skipped", rep)
+	}
+	if _, err := e.store.Pool().Exec(e.ctx, `UPDATE jobs SET run_after = now() WHERE id = $1`, claimed[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if claimed, err = e.store.ClaimJobs(e.ctx, e.hostID, "owner-1", 1, time.Minute); err != nil || len(claimed) != 1 {
+		t.Fatalf("claim again: %d jobs, %v", len(claimed), err)
+	}
+	if _, err := e.store.FinishJob(e.ctx, claimed[0], "owner-1", db.Outcome{Status: job.StatusFailed, Error: "gave up"}); err != nil {
 		t.Fatal(err)
 	}
 	if rep := e.pass(r); rep.Disposed != 1 {

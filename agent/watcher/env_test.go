@@ -200,6 +200,18 @@ func (e *env) runningGame(gameID string) game {
 	return g
 }
 
+// claimedJob inserts a job of the game claimed by a test owner (no worker
+// runs here), so that the game has a job in progress, and returns its id.
+func (e *env) claimedJob(gameID, kind string) int64 {
+	e.t.Helper()
+	var id int64
+	if err := e.store.Pool().QueryRow(e.ctx, `INSERT INTO jobs (host_id, game_id, kind, status, attempt, lease_owner, lease_expires_at, started_at)
+		VALUES ($1, $2, $3, 'running', 1, 'test', now() + interval '1 hour', now()) RETURNING id`, e.hostID, gameID, kind).Scan(&id); err != nil {
+		e.t.Fatal(err)
+	}
+	return id
+}
+
 func (e *env) kill(id, signal string) {
 	e.t.Helper()
 	if _, err := e.raw.ContainerKill(e.ctx, id, client.ContainerKillOptions{Signal: signal}); err != nil {

@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"github.com/galaxy/rtmanager/agent/engine"
-	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
@@ -42,9 +41,12 @@ const (
 	// NeedInspect: the event alone is ambiguous; call Map again with
 	// Input.Observed set. Map never returns it when Observed is set.
 	NeedInspect
+	// Deferred: the event is a step on the way of the game's job in
+	// progress (the die of a restart, say); the job records its change.
+	Deferred
 )
 
-var verdictNames = [...]string{"apply", "no_change", "duplicate", "stale", "no_record", "removed", "foreign", "unmapped", "invalid", "need_inspect"}
+var verdictNames = [...]string{"apply", "no_change", "duplicate", "stale", "no_record", "removed", "foreign", "unmapped", "invalid", "need_inspect", "deferred"}
 
 func (v Verdict) String() string {
 	if int(v) < len(verdictNames) {
@@ -61,9 +63,13 @@ type Input struct {
 	// OOM reports that an oom event of this container came since its last
 	// start (it precedes the die).
 	OOM bool
-	// Intent is the agent's own request that explains the event, if any.
-	Intent    intent.Intent
-	Requested bool
+	// Job is the game's job in progress (nil when none), read under the
+	// game's lock: it decides whether the job asked for what the event
+	// reports (outbox.Attribute).
+	Job *outbox.ActiveJob
+	// Cleanup reports that this agent's sweeper is removing the container:
+	// its destroy is reported as cleanup, whoever commits first.
+	Cleanup bool
 	// Observed is the container as inspected after the event, when Map
 	// asked for it (NeedInspect).
 	Observed *reconcile.Observed
@@ -81,20 +87,35 @@ func (in Input) GameID() string { return in.Event.GameID() }
 // Rules: start → running (restart-policy restarts included), die → stopped
 // with the exit code and OOM only when Docker reported it (an oom event
 // before the die, or the OOMKilled flag when the container had to be
-// inspected — never from exit code 137), destroy → removed. Events of a container that is not the record's current one
-// change nothing. An event that would change the record but is not newer
-// than the record's last operation is ambiguous (a replay after later
-// events were applied, or a job that committed after the event): it is
-// applied only if the container, inspected now, is still in the state the
-// event says.
+// inspected — never from exit code 137), destroy → removed. Events of a
+// container that is not the record's current one change nothing.
+//
+// The reason is the cause (see package outbox): a step the game's job in
+// progress asks for carries the job's reason and id, and a start claimed
+// by a restart job is the restart (running → running with a new start
+// time); a step on the way of the job's operation is Deferred to the job;
+// any other step is observed_* (cleanup for the sweeper's removal).
+//
+// An event that would change the record but is not newer than the
+// record's last operation is ambiguous (a replay after later events were
+// applied, or an event a job's commit overtook): it is applied only if
+// the container, inspected now, is still in the state the event says, and
+// it then reports that state (exit code and OOM included), not the old
+// event's.
 func Map(cur *runtime.RuntimeRecord, in Input) (runtime.RuntimeRecord, outbox.TransitionDetails, Verdict) {
 	var unchanged runtime.RuntimeRecord
 	if cur != nil {
 		unchanged = *cur
 	}
 	ev := in.Event
+	var step outbox.Step
 	switch ev.Action {
-	case "start", "die", "destroy":
+	case "start":
+		step = outbox.StepStart
+	case "die":
+		step = outbox.StepExit
+	case "destroy":
+		step = outbox.StepGone
 	default:
 		return unchanged, outbox.TransitionDetails{}, Unmapped
 	}
@@ -123,37 +144,34 @@ func Map(cur *runtime.RuntimeRecord, in Input) (runtime.RuntimeRecord, outbox.Tr
 
 	at := time.Unix(0, ev.TimeNano).UTC().Truncate(time.Microsecond)
 	var (
-		next runtime.RuntimeRecord
-		d    outbox.TransitionDetails
-		err  error
+		next   runtime.RuntimeRecord
+		d      outbox.TransitionDetails
+		report bool
+		err    error
 	)
 	switch ev.Action {
 	case "start":
-		next, err = cur.ObserveStart(ev.ID, at)
-		d.Reason = outbox.ReasonObservedStart
-		if in.Requested && (in.Intent.Action == intent.Start || in.Intent.Action == intent.Restart) {
-			d.RequestedByJob, d.JobID = true, max(in.Intent.JobID, 0)
+		d, report = outbox.Attribute(in.Job, step, outbox.ReasonObservedStart)
+		if d.Reason == outbox.ReasonJobRestart {
+			next, err = cur.Restart(ev.ID, at, at)
+		} else {
+			next, err = cur.ObserveStart(ev.ID, at)
 		}
 	case "die":
 		next, err = cur.Stop(ev.ID, at)
-		d.Reason = outbox.ReasonObservedDie
+		d, report = outbox.Attribute(in.Job, step, outbox.ReasonObservedDie)
 		d.OOM = in.OOM
 		if code, ok := ev.ExitCode(); ok {
 			d.ExitCode = &code
 		}
-		if in.Requested && (in.Intent.Action == intent.Stop || in.Intent.Action == intent.Restart || in.Intent.Action == intent.Remove) {
-			d.RequestedByJob, d.JobID = true, max(in.Intent.JobID, 0)
-		}
 	case "destroy":
 		next, err = cur.Remove(ev.ID, at)
-		d.Reason = outbox.ReasonObservedDestroy
-		switch {
-		case in.Requested && in.Intent.Action == intent.Remove:
-			d.RequestedByJob, d.JobID = true, max(in.Intent.JobID, 0)
-		case in.Requested && in.Intent.Action == intent.Cleanup:
+		if in.Cleanup {
 			// The sweeper's removal: reported as what it is, whichever of
 			// the sweeper and this event commits first.
-			d.Reason = outbox.ReasonCleanup
+			d, report = outbox.TransitionDetails{Reason: outbox.ReasonCleanup}, true
+		} else {
+			d, report = outbox.Attribute(in.Job, step, outbox.ReasonObservedDestroy)
 		}
 	}
 	if err != nil {
@@ -161,6 +179,9 @@ func Map(cur *runtime.RuntimeRecord, in Input) (runtime.RuntimeRecord, outbox.Tr
 	}
 	if next.Equal(*cur) {
 		return unchanged, outbox.TransitionDetails{}, NoChange
+	}
+	if !report {
+		return unchanged, outbox.TransitionDetails{}, Deferred
 	}
 
 	newer := at.After(cur.LastOpAt)
@@ -185,6 +206,11 @@ func Map(cur *runtime.RuntimeRecord, in Input) (runtime.RuntimeRecord, outbox.Tr
 			}
 			if !backed {
 				return unchanged, outbox.TransitionDetails{}, Duplicate
+			}
+			if ev.Action == "die" {
+				// An old die backed by an exit: the exit is the container's
+				// latest, which may not be the event's.
+				d.ExitCode, d.OOM = nil, false
 			}
 		}
 		if ev.Action == "die" && exited {

@@ -5,8 +5,8 @@ import (
 	"time"
 
 	"github.com/galaxy/rtmanager/agent/engine"
-	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/reconcile"
+	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
@@ -98,15 +98,6 @@ func TestMap(t *testing.T) {
 					t.Errorf("details %+v", d)
 				}
 			}},
-		{name: "requested stop", cur: &running,
-			in: Input{Event: event("die", "c1", later, "exitCode", "0"), Observed: exited, Requested: true,
-				Intent: intent.Intent{ContainerID: "c1", Action: intent.Stop, JobID: 7}},
-			want: Apply, status: runtime.StatusStopped,
-			check: func(t *testing.T, d outbox.TransitionDetails) {
-				if !d.RequestedByJob || d.JobID != 7 {
-					t.Errorf("details %+v", d)
-				}
-			}},
 		{name: "start adopts a restart-policy restart", cur: &stopped, in: Input{Event: event("start", "c1", later)},
 			want: Apply, status: runtime.StatusRunning},
 		{name: "destroy removes", cur: &stopped, in: Input{Event: event("destroy", "c1", later)},
@@ -122,9 +113,14 @@ func TestMap(t *testing.T) {
 		{name: "other host", cur: &running, in: Input{HostID: "host-b", Event: event("die", "c1", later)}, want: Foreign},
 		{name: "old die, container running again: replay", cur: &running,
 			in: Input{Event: event("die", "c1", t0.Add(-time.Second), "exitCode", "0"), Observed: runningObs}, want: Duplicate},
-		{name: "old die, container exited: the job committed after the exit", cur: &running,
-			in:   Input{Event: event("die", "c1", t0.Add(-time.Second), "exitCode", "2"), Observed: exited},
-			want: Apply, status: runtime.StatusStopped},
+		{name: "old die, container exited: reports the exit Docker shows now", cur: &running,
+			in:   Input{Event: event("die", "c1", t0.Add(-time.Second), "exitCode", "2"), OOM: true, Observed: exited},
+			want: Apply, status: runtime.StatusStopped,
+			check: func(t *testing.T, d outbox.TransitionDetails) {
+				if d.ExitCode == nil || *d.ExitCode != 137 || d.OOM {
+					t.Errorf("details %+v; want the inspected exit 137 without OOM", d)
+				}
+			}},
 		{name: "old event asks to inspect", cur: &stopped, in: Input{Event: event("start", "c1", t0)}, want: NeedInspect},
 		{name: "zero time", cur: &running, in: Input{Event: event("die", "c1", time.Unix(0, 0))}, want: Invalid},
 	}
@@ -162,6 +158,107 @@ func TestMap(t *testing.T) {
 	}
 }
 
+// TestMapAttributesJobs: the reason says the cause. A step the game's job
+// in progress asks for carries its reason and id, a step on the way of its
+// operation is deferred to it, and anything else is observed_* (see the
+// table in package outbox).
+func TestMapAttributesJobs(t *testing.T) {
+	running := record(t, runtime.StatusRunning, "c1")
+	stopped := record(t, runtime.StatusStopped, "c1")
+	later := t0.Add(time.Minute)
+	exited := &reconcile.Observed{Found: true, State: "exited", ExitCode: 143}
+	jobOf := func(k job.Kind) *outbox.ActiveJob { return &outbox.ActiveJob{ID: 7, Kind: k} }
+	die := event("die", "c1", later, "exitCode", "0")
+
+	tests := []struct {
+		name   string
+		cur    *runtime.RuntimeRecord
+		in     Input
+		want   Verdict
+		status runtime.Status
+		reason outbox.Reason
+		jobID  int64
+	}{
+		{name: "stop job: its die", cur: &running, in: Input{Event: die, Job: jobOf(job.KindStop)},
+			want: Apply, status: runtime.StatusStopped, reason: outbox.ReasonJobStop, jobID: 7},
+		{name: "stop job: a start is not its", cur: &stopped, in: Input{Event: event("start", "c1", later), Job: jobOf(job.KindStop)},
+			want: Apply, status: runtime.StatusRunning, reason: outbox.ReasonObservedStart},
+		{name: "stop job: a destroy is not its", cur: &running, in: Input{Event: event("destroy", "c1", later), Job: jobOf(job.KindStop)},
+			want: Apply, status: runtime.StatusRemoved, reason: outbox.ReasonObservedDestroy},
+		{name: "stop job: a replayed die backed by the exit now", cur: &running,
+			in:   Input{Event: event("die", "c1", t0.Add(-time.Second), "exitCode", "2"), Job: jobOf(job.KindStop), Observed: exited},
+			want: Apply, status: runtime.StatusStopped, reason: outbox.ReasonJobStop, jobID: 7},
+		{name: "start job: the start of the same container", cur: &stopped, in: Input{Event: event("start", "c1", later), Job: jobOf(job.KindStart)},
+			want: Apply, status: runtime.StatusRunning, reason: outbox.ReasonJobStart, jobID: 7},
+		{name: "start job: a crash is not its", cur: &running, in: Input{Event: die, Job: jobOf(job.KindStart)},
+			want: Apply, status: runtime.StatusStopped, reason: outbox.ReasonObservedDie},
+		{name: "start job: the stopped container it replaces", cur: &stopped, in: Input{Event: event("destroy", "c1", later), Job: jobOf(job.KindStart)},
+			want: Deferred},
+		{name: "restart job: its die is on the way", cur: &running, in: Input{Event: die, Job: jobOf(job.KindRestart)},
+			want: Deferred},
+		{name: "restart job: its start of a running record", cur: &running, in: Input{Event: event("start", "c1", later), Job: jobOf(job.KindRestart)},
+			want: Apply, status: runtime.StatusRunning, reason: outbox.ReasonJobRestart, jobID: 7},
+		{name: "restart job: its start of a stopped record", cur: &stopped, in: Input{Event: event("start", "c1", later), Job: jobOf(job.KindRestart)},
+			want: Apply, status: runtime.StatusRunning, reason: outbox.ReasonJobRestart, jobID: 7},
+		{name: "restart job: a start older than the run is a replay", cur: &running,
+			in:   Input{Event: event("start", "c1", t0.Add(-time.Second)), Job: jobOf(job.KindRestart)},
+			want: NoChange},
+		{name: "restart job: a destroy is not its", cur: &running, in: Input{Event: event("destroy", "c1", later), Job: jobOf(job.KindRestart)},
+			want: Apply, status: runtime.StatusRemoved, reason: outbox.ReasonObservedDestroy},
+		{name: "remove job: the kill of a running container is on the way", cur: &running, in: Input{Event: die, Job: jobOf(job.KindRemove)},
+			want: Deferred},
+		{name: "remove job: its destroy", cur: &running, in: Input{Event: event("destroy", "c1", later), Job: jobOf(job.KindRemove)},
+			want: Apply, status: runtime.StatusRemoved, reason: outbox.ReasonJobRemove, jobID: 7},
+		{name: "image change: the old container's exit", cur: &running, in: Input{Event: die, Job: jobOf(job.KindChangeImage)},
+			want: Deferred},
+		{name: "image change: the old container's removal", cur: &stopped, in: Input{Event: event("destroy", "c1", later), Job: jobOf(job.KindChangeImage)},
+			want: Deferred},
+		{name: "image change: the old container started again (rollback)", cur: &stopped, in: Input{Event: event("start", "c1", later), Job: jobOf(job.KindChangeImage)},
+			want: Deferred},
+		{name: "the sweeper's removal is cleanup even with a job in progress", cur: &stopped,
+			in:   Input{Event: event("destroy", "c1", later), Job: jobOf(job.KindStart), Cleanup: true},
+			want: Apply, status: runtime.StatusRemoved, reason: outbox.ReasonCleanup},
+		{name: "a job of an unknown kind claims nothing", cur: &running, in: Input{Event: die, Job: jobOf("format_disk")},
+			want: Apply, status: runtime.StatusStopped, reason: outbox.ReasonObservedDie},
+		{name: "a deferred step that changes nothing is no change", cur: &stopped, in: Input{Event: die, Job: jobOf(job.KindRestart)},
+			want: NoChange},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.in.HostID = "host-a"
+			next, d, v := Map(tc.cur, tc.in)
+			if v != tc.want {
+				t.Fatalf("verdict %v, want %v", v, tc.want)
+			}
+			if v != Apply {
+				if !next.Equal(*tc.cur) {
+					t.Errorf("record changed without Apply: %+v", next)
+				}
+				return
+			}
+			if next.Status != tc.status || d.Reason != tc.reason || d.JobID != tc.jobID || d.RequestedByJob != (tc.jobID != 0) {
+				t.Fatalf("status %s, details %+v; want %s, %s, job %d", next.Status, d, tc.status, tc.reason, tc.jobID)
+			}
+			if _, err := outbox.ForTransition(tc.cur, next, d); err != nil {
+				t.Fatalf("outbox event: %v", err)
+			}
+			if tc.reason == outbox.ReasonJobStop && (d.ExitCode == nil || *d.ExitCode != map[bool]int{true: 143, false: 0}[tc.in.Observed != nil]) {
+				t.Errorf("exit code %v", d.ExitCode)
+			}
+			if tc.reason == outbox.ReasonJobRestart && (!next.StartedAt.Equal(later) || next.StoppedAt != nil) {
+				t.Errorf("restart: started at %v, stopped at %v; want %v and none", next.StartedAt, next.StoppedAt, later)
+			}
+			// The same event again changes nothing.
+			in2 := tc.in
+			in2.Observed = &reconcile.Observed{Found: next.Status != runtime.StatusRemoved, State: map[runtime.Status]string{
+				runtime.StatusRunning: "running", runtime.StatusStopped: "exited"}[next.Status]}
+			if again, _, v := Map(&next, in2); v == Apply || !again.Equal(next) {
+				t.Errorf("second application: verdict %v, record %+v", v, again)
+			}
+		})
+	}
+}
+
 // FuzzMap feeds Map any event (action, attributes, time) against a record
 // in any status and any observation: it never panics, never asks to inspect
 // once it has an observation, and an Apply always yields a valid, different
@@ -179,7 +276,14 @@ func FuzzMap(f *testing.F) {
 			attrs["exitCode"] = exitCode
 		}
 		in := Input{HostID: "host-a", Event: engine.Event{ID: id, Action: action, Attributes: attrs, TimeNano: timeNano},
-			OOM: oomNoted, Requested: requested, Intent: intent.Intent{ContainerID: id, Action: intent.Action(state), JobID: int64(code)}}
+			OOM: oomNoted, Cleanup: requested && code%2 == 0}
+		if requested {
+			// Any kind, known (mostly) or not; ids are positive.
+			in.Job = &outbox.ActiveJob{ID: 1 + int64(uint(code)%1000), Kind: job.Kind(state)}
+			if kinds := job.AllKinds(); code >= 0 {
+				in.Job.Kind = kinds[code%len(kinds)]
+			}
+		}
 
 		var cur *runtime.RuntimeRecord
 		if status%4 != 3 {
@@ -225,6 +329,9 @@ func FuzzMap(f *testing.F) {
 			}
 			if !d.Reason.IsKnown() {
 				t.Fatalf("reason %q", d.Reason)
+			}
+			if d.Reason.IsJob() != (d.JobID != 0) || (d.JobID != 0 && (in.Job == nil || d.JobID != in.Job.ID)) {
+				t.Fatalf("reason %q with job %d (job in progress %+v)", d.Reason, d.JobID, in.Job)
 			}
 			if d.OOM && !oomNoted && !(obs != nil && obs.OOMKilled) {
 				t.Fatalf("OOM guessed")

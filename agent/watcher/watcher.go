@@ -10,6 +10,13 @@
 // away and relists the host (reconcile.Reconciler.Pass), which repairs every
 // record from Docker's current state; events that follow are applied on top.
 //
+// Each transition says its cause (see package outbox): the transaction
+// reads the game's job in progress from the job table, under the game's
+// lock, and a step that job asks for is recorded with its reason and id
+// (the job's own commit then finds nothing left to write, or the other way
+// round), a step on the way of its operation is left to the job, and
+// anything else is observed_*.
+//
 // After events are applied the daemon time (timeNano) of the last one is
 // stored as the host's cursor. Every (re)subscription asks for the events
 // since that cursor minus CursorMargin (the daemon stamps events before it
@@ -89,6 +96,7 @@ type Stats struct {
 	Applied    int64 // transitions committed
 	Ignored    int64 // events that move no record: stale container, no record, removed, unmapped, foreign, invalid
 	Duplicates int64 // events already reflected by the record
+	Deferred   int64 // steps on the way of a job in progress, left to the job
 	Relists    int64 // reconcile passes run by the watcher
 	Overflows  int64 // times the buffer overflowed
 	Dropped    int64 // events lost to an overflow (covered by a relist)
@@ -128,7 +136,9 @@ type Watcher struct {
 	mLag     metric.Float64Histogram
 }
 
-// New returns a watcher. rec is used for the relists; intents may be nil.
+// New returns a watcher. rec is used for the relists. intents may be nil;
+// the watcher reads the sweeper's cleanup intents from it (jobs are
+// attributed from the job table).
 func New(store *db.Store, eng engine.Engine, rec *reconcile.Reconciler, intents *intent.Registry, cfg Config) *Watcher {
 	if cfg.BufferSize <= 0 {
 		cfg.BufferSize = DefaultBufferSize
@@ -156,7 +166,7 @@ func New(store *db.Store, eng engine.Engine, rec *reconcile.Reconciler, intents 
 		oom: map[string]bool{},
 	}
 	m := otel.Meter("github.com/galaxy/rtmanager/agent/watcher")
-	w.mEvents, _ = m.Int64Counter("rtmanager.watcher.events", metric.WithDescription("Docker events handled, by outcome (applied, ignored, duplicate, dropped, noted)."))
+	w.mEvents, _ = m.Int64Counter("rtmanager.watcher.events", metric.WithDescription("Docker events handled, by outcome (applied, ignored, duplicate, deferred, dropped, noted)."))
 	w.mRelists, _ = m.Int64Counter("rtmanager.watcher.relists", metric.WithDescription("Relists run by the watcher, by reason (subscribe, overflow)."))
 	w.mDropped, _ = m.Int64Counter("rtmanager.watcher.overflows", metric.WithDescription("Times the event buffer overflowed."))
 	w.mConns, _ = m.Int64Counter("rtmanager.watcher.subscriptions", metric.WithDescription("Event stream subscriptions, by outcome."))
@@ -408,8 +418,8 @@ func (w *Watcher) apply(ctx context.Context, ev engine.Event, read time.Time) (e
 	}
 
 	in := Input{HostID: w.cfg.HostID, Event: ev, OOM: w.oom[ev.ID]}
-	if w.intents != nil {
-		in.Intent, in.Requested = w.intents.Lookup(ev.ID, intentActions(ev.Action)...)
+	if w.intents != nil && ev.Action == "destroy" {
+		_, in.Cleanup = w.intents.Lookup(ev.ID, intent.Cleanup)
 	}
 	gameID := in.GameID()
 	_, _, verdict := Map(nil, in)
@@ -418,8 +428,9 @@ func (w *Watcher) apply(ctx context.Context, ev engine.Event, read time.Time) (e
 		return nil
 	}
 	var inspected bool
-	ch, err := w.store.UpdateRecord(ctx, gameID, func(cur *runtime.RuntimeRecord, _ time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+	ch, err := w.store.ObserveRecord(ctx, w.cfg.HostID, gameID, func(cur *runtime.RuntimeRecord, active *outbox.ActiveJob, _ time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		in := in
+		in.Job = active
 		next, d, v := Map(cur, in)
 		if v == NeedInspect {
 			c, err := w.eng.InspectContainer(ctx, ev.ID)
@@ -485,6 +496,8 @@ func (w *Watcher) done(ctx context.Context, ev engine.Event, v Verdict, lag time
 		w.mLag.Record(ctx, lag.Seconds())
 	case NoChange, Duplicate:
 		outcome = "duplicate"
+	case Deferred:
+		outcome = "deferred"
 	}
 	w.mEvents.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", outcome), attribute.String("action", ev.Action)))
 	w.count(func(s *Stats) {
@@ -494,11 +507,13 @@ func (w *Watcher) done(ctx context.Context, ev engine.Event, v Verdict, lag time
 			s.LastLag = lag
 		case "duplicate":
 			s.Duplicates++
+		case "deferred":
+			s.Deferred++
 		default:
 			s.Ignored++
 		}
 	})
-	if v != Apply && v != NoChange && v != Duplicate && v != NoRecord && v != Stale {
+	if v != Apply && v != NoChange && v != Duplicate && v != NoRecord && v != Stale && v != Deferred {
 		w.log.Debug("event ignored", "container_id", ev.ID, "action", ev.Action, "verdict", v.String())
 	}
 }
@@ -508,18 +523,6 @@ func (w *Watcher) noteOOM(containerID string) {
 		clear(w.oom)
 	}
 	w.oom[containerID] = true
-}
-
-func intentActions(action string) []intent.Action {
-	switch action {
-	case "start":
-		return []intent.Action{intent.Start, intent.Restart}
-	case "die":
-		return []intent.Action{intent.Stop, intent.Restart, intent.Remove, intent.Cleanup}
-	case "destroy":
-		return []intent.Action{intent.Remove, intent.Cleanup}
-	}
-	return nil
 }
 
 // backoff is a capped exponential backoff with jitter: each wait is drawn

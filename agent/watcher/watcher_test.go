@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/galaxy/rtmanager/agent/engine"
-	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/agent/watcher"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
@@ -52,9 +51,10 @@ func TestKillRemoveAndRestartPolicy(t *testing.T) {
 		t.Errorf("removed record keeps container %q", r.CurrentContainerID)
 	}
 
-	// A stop the agent asked for is attributed to its job.
+	// A stop while a stop job of the game is in progress (claimed, here
+	// by a test owner) is that job's, with its id.
 	g3 := e.runningGame("g3")
-	e.intents.Expect(g3.c.ID, intent.Stop, 77, 1)
+	stopJob := e.claimedJob("g3", "stop")
 	if err := e.eng.StopContainer(e.ctx, g3.c.ID, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -90,9 +90,9 @@ func TestKillRemoveAndRestartPolicy(t *testing.T) {
 	if r := e.get("g2"); r.Status != runtime.StatusStopped {
 		t.Errorf("g2 record %s, want stopped", r.Status)
 	}
-	if got := reasons(byGame["g3"]); !slices.Equal(got, []string{"observed_die"}) {
+	if got := reasons(byGame["g3"]); !slices.Equal(got, []string{"job_stop"}) {
 		t.Fatalf("g3 transitions %v", got)
-	} else if ev := byGame["g3"][1]; !ev.RequestedByJob || ev.JobID == nil || *ev.JobID != 77 || *ev.ExitCode != 0 {
+	} else if ev := byGame["g3"][1]; !ev.RequestedByJob || ev.JobID == nil || *ev.JobID != stopJob || *ev.ExitCode != 0 {
 		t.Errorf("requested stop event %+v", ev.RuntimePayload)
 	}
 

@@ -2,12 +2,14 @@ package db
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
+	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
@@ -121,14 +123,16 @@ func (s *Store) ReportOrphan(ctx context.Context, o outbox.OrphanPayload, exists
 }
 
 // RepairRecord is UpdateRecord for the reconciler: when decide wants a
-// change, it is dropped (busy, nothing written) if a job of the game on
-// hostID is running by then. The check comes after decide has looked at
-// Docker, under the game's lock, and that closes the race with jobs: a
-// job is running from its claim, committed before it touches Docker,
-// until its outcome commits, and its record write waits for the lock held
-// here. So whatever a job did to the container that decide saw, either
-// the job is seen running now or its record change is in the record
-// decide was given.
+// change, it is dropped (busy, nothing written) if the game has a job in
+// progress on hostID by then (see ActiveJob). The check comes after decide
+// has looked at Docker, under the game's lock, and that closes the race
+// with jobs: a job is in progress from its claim, committed before it
+// touches Docker, until its outcome commits, and its record write waits
+// for the lock held here. So whatever a job did to the container that
+// decide saw, either the job is seen in progress now or its record change
+// is in the record decide was given. A job queued again after an attempt
+// (or after its agent died) is still in progress: its next attempt
+// records the change under the job's reason.
 func (s *Store) RepairRecord(ctx context.Context, hostID, gameID string, decide Decision) (change RecordChange, busy bool, err error) {
 	err = s.inGameTx(ctx, gameID, func(q *dbsqlc.Queries) error {
 		var err error
@@ -137,11 +141,12 @@ func (s *Store) RepairRecord(ctx context.Context, hostID, gameID string, decide 
 			if err != nil || cur == nil || next.Equal(*cur) {
 				return next, details, err
 			}
-			busy, err = q.GameHasRunningJob(ctx, dbsqlc.GameHasRunningJobParams{HostID: hostID, GameID: gameID})
+			active, err := activeJob(ctx, q, hostID, gameID)
 			if err != nil {
-				return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("check running jobs of game %s: %w", gameID, err)
+				return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, err
 			}
-			if busy {
+			if active != nil {
+				busy = true
 				return *cur, outbox.TransitionDetails{}, nil
 			}
 			return next, details, nil
@@ -152,4 +157,55 @@ func (s *Store) RepairRecord(ctx context.Context, hostID, gameID string, decide 
 		return RecordChange{}, false, err
 	}
 	return change, busy, nil
+}
+
+// ObservedDecision is a Decision that also gets the game's job in progress
+// (nil when none), read under the game's lock: the job that may have asked
+// for what the caller observed (see outbox.Attribute).
+type ObservedDecision func(cur *runtime.RuntimeRecord, active *outbox.ActiveJob, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error)
+
+// ObserveRecord is UpdateRecord for writers that record what they observed
+// of a container rather than what they did to it: the events watcher, and a
+// job's look at its container after its commit. The game's job in progress
+// on hostID is read in the same transaction, after the game's lock and the
+// record, so the attribution cannot race the job's own commit: either the
+// job is in progress here, or its change is already in the record.
+func (s *Store) ObserveRecord(ctx context.Context, hostID, gameID string, decide ObservedDecision) (RecordChange, error) {
+	var change RecordChange
+	err := s.inGameTx(ctx, gameID, func(q *dbsqlc.Queries) error {
+		var err error
+		change, err = s.applyDecision(ctx, q, gameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			var active *outbox.ActiveJob
+			if cur != nil && !cur.Status.IsTerminal() {
+				var err error
+				if active, err = activeJob(ctx, q, hostID, gameID); err != nil {
+					return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, err
+				}
+			}
+			return decide(cur, active, at)
+		})
+		return err
+	})
+	if err != nil {
+		return RecordChange{}, err
+	}
+	return change, nil
+}
+
+// ActiveJob returns the game's job in progress on hostID, nil when none.
+// Outside a writer's transaction the answer may be stale at once; it is
+// for tests and operators.
+func (s *Store) ActiveJob(ctx context.Context, hostID, gameID string) (*outbox.ActiveJob, error) {
+	return activeJob(ctx, s.q, hostID, gameID)
+}
+
+func activeJob(ctx context.Context, q *dbsqlc.Queries, hostID, gameID string) (*outbox.ActiveJob, error) {
+	row, err := q.GameJobInProgress(ctx, dbsqlc.GameJobInProgressParams{HostID: hostID, GameID: gameID})
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("read the job in progress of game %s: %w", gameID, err)
+	}
+	return &outbox.ActiveJob{ID: row.ID, Kind: job.Kind(row.Kind)}, nil
 }

@@ -105,12 +105,105 @@ func TestRepairRecordYieldsToAJobClaimedMeanwhile(t *testing.T) {
 	if rec, _ := s.GetRecord(ctx, "g1"); rec.Status != runtime.StatusRunning {
 		t.Fatalf("record after the yielded repair: %+v", rec)
 	}
+	// Given back to the queue (a drain): still in progress, its next
+	// attempt records the change.
 	if _, err := s.ReleaseJob(ctx, claimed[0], "owner-1"); err != nil {
+		t.Fatal(err)
+	}
+	if ch, busy, err = s.RepairRecord(ctx, "host-a", "g1", repair(false)); err != nil || !busy || ch.Changed {
+		t.Fatalf("repair while the job waits for its next attempt: change %+v, busy %v, err %v; want busy", ch, busy, err)
+	}
+	if claimed, err = s.ClaimJobs(ctx, "host-a", "owner-1", 1, time.Minute); err != nil || len(claimed) != 1 {
+		t.Fatalf("claim again: %d jobs, %v", len(claimed), err)
+	}
+	if _, err := s.FinishJob(ctx, claimed[0], "owner-1", db.Outcome{Status: job.StatusFailed, Error: "gave up"}); err != nil {
 		t.Fatal(err)
 	}
 	ch, busy, err = s.RepairRecord(ctx, "host-a", "g1", repair(false))
 	if err != nil || busy || !ch.Changed || ch.Record.Status != runtime.StatusStopped {
-		t.Fatalf("repair with no job running: change %+v, busy %v, err %v", ch, busy, err)
+		t.Fatalf("repair once the job has finished: change %+v, busy %v, err %v", ch, busy, err)
+	}
+}
+
+// TestActiveJob: a game's job in progress is its job claimed at least once
+// and not finished, on the host asked about; observers get it under the
+// game's lock.
+func TestActiveJob(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	if _, err := s.UpdateRecord(ctx, "g1", createRunning("c1")); err != nil {
+		t.Fatal(err)
+	}
+	active := func(hostID string) *outbox.ActiveJob {
+		t.Helper()
+		a, err := s.ActiveJob(ctx, hostID, "g1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seen *outbox.ActiveJob
+		if _, err := s.ObserveRecord(ctx, hostID, "g1", func(cur *runtime.RuntimeRecord, a *outbox.ActiveJob, _ time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			seen = a
+			return *cur, outbox.TransitionDetails{}, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if (a == nil) != (seen == nil) || (a != nil && *a != *seen) {
+			t.Fatalf("ActiveJob %+v, ObserveRecord saw %+v", a, seen)
+		}
+		return a
+	}
+	if a := active("host-a"); a != nil {
+		t.Fatalf("no job: %+v", a)
+	}
+	stop, _, err := s.InsertJob(ctx, db.NewJob{HostID: "host-a", GameID: "g1", Kind: job.KindStop})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := active("host-a"); a != nil {
+		t.Fatalf("a job never claimed is not in progress: %+v", a)
+	}
+	claimed, err := s.ClaimJobs(ctx, "host-a", "owner-1", 1, time.Minute)
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim: %v, %v", claimed, err)
+	}
+	want := outbox.ActiveJob{ID: stop.ID, Kind: job.KindStop}
+	if a := active("host-a"); a == nil || *a != want {
+		t.Fatalf("running job: %+v, want %+v", a, want)
+	}
+	if a := active("host-b"); a != nil {
+		t.Fatalf("another host's view: %+v", a)
+	}
+	if _, err := s.RetryJob(ctx, claimed[0], "owner-1", time.Hour, "daemon busy"); err != nil {
+		t.Fatal(err)
+	}
+	if a := active("host-a"); a == nil || *a != want {
+		t.Fatalf("job waiting for its next attempt: %+v, want %+v", a, want)
+	}
+	// Its agent died: the lease expired and the job was requeued.
+	if _, err := s.Pool().Exec(ctx, `UPDATE jobs SET run_after = now() WHERE id = $1`, stop.ID); err != nil {
+		t.Fatal(err)
+	}
+	if claimed, err = s.ClaimJobs(ctx, "host-a", "owner-1", 1, time.Minute); err != nil || len(claimed) != 1 {
+		t.Fatalf("claim again: %v, %v", claimed, err)
+	}
+	if _, err := s.Pool().Exec(ctx, `UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1`, stop.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := s.RequeueExpiredLeases(ctx, "host-a"); err != nil || len(ids) != 1 {
+		t.Fatalf("requeue: %v, %v", ids, err)
+	}
+	if a := active("host-a"); a == nil || *a != want {
+		t.Fatalf("job requeued after its agent died: %+v, want %+v", a, want)
+	}
+	if claimed, err = s.ClaimJobs(ctx, "host-a", "owner-2", 1, time.Minute); err != nil || len(claimed) != 1 {
+		t.Fatalf("claim after the requeue: %v, %v", claimed, err)
+	}
+	if _, err := s.FinishJob(ctx, claimed[0], "owner-2", db.Outcome{Status: job.StatusSucceeded}); err != nil {
+		t.Fatal(err)
+	}
+	if a := active("host-a"); a != nil {
+		t.Fatalf("finished job: %+v", a)
 	}
 }
 

@@ -9,29 +9,6 @@ import (
 	"context"
 )
 
-const gameHasRunningJob = `-- name: GameHasRunningJob :one
-SELECT EXISTS (
-    SELECT 1 FROM jobs
-    WHERE game_id = $1
-      AND host_id = $2
-      AND status = 'running'
-)::boolean AS running
-`
-
-type GameHasRunningJobParams struct {
-	GameID string
-	HostID string
-}
-
-// Whether a job of the game on the host is running: it is changing the
-// game's container now and commits the record's transition itself.
-func (q *Queries) GameHasRunningJob(ctx context.Context, arg GameHasRunningJobParams) (bool, error) {
-	row := q.db.QueryRow(ctx, gameHasRunningJob, arg.GameID, arg.HostID)
-	var running bool
-	err := row.Scan(&running)
-	return running, err
-}
-
 const gameHasUnfinishedJob = `-- name: GameHasUnfinishedJob :one
 SELECT EXISTS (
     SELECT 1 FROM jobs
@@ -53,6 +30,39 @@ func (q *Queries) GameHasUnfinishedJob(ctx context.Context, arg GameHasUnfinishe
 	var active bool
 	err := row.Scan(&active)
 	return active, err
+}
+
+const gameJobInProgress = `-- name: GameJobInProgress :one
+SELECT id, kind FROM jobs
+WHERE game_id = $1
+  AND host_id = $2
+  AND status IN ('queued', 'running')
+  AND (status = 'running' OR started_at IS NOT NULL)
+ORDER BY id
+LIMIT 1
+`
+
+type GameJobInProgressParams struct {
+	GameID string
+	HostID string
+}
+
+type GameJobInProgressRow struct {
+	ID   int64
+	Kind string
+}
+
+// The game's job in progress on the host, if any: claimed at least once
+// (started_at is set at every claim and never cleared) and not finished —
+// running, or queued again for its next attempt, after a drain or after
+// its agent died. Jobs of a game run one at a time in id order, so there
+// is at most one; the changes it asks for are its own until it finishes.
+// Read under the game's lock by every writer of the game's record.
+func (q *Queries) GameJobInProgress(ctx context.Context, arg GameJobInProgressParams) (GameJobInProgressRow, error) {
+	row := q.db.QueryRow(ctx, gameJobInProgress, arg.GameID, arg.HostID)
+	var i GameJobInProgressRow
+	err := row.Scan(&i.ID, &i.Kind)
+	return i, err
 }
 
 const lockContainer = `-- name: LockContainer :exec
