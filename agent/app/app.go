@@ -215,7 +215,7 @@ type parts struct {
 
 func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *engine.Docker, policy job.Policy, agentID string) (*parts, error) {
 	intents := intent.New(10*time.Minute, nil)
-	exec := executor.New(docker, intents, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log})
+	exec := executor.New(docker, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log})
 	poll := cfg.PollInterval
 	if cfg.UseListen {
 		// Notifications wake the worker: polling is only a safety net.

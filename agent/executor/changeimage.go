@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/galaxy/rtmanager/agent/engine"
-	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
@@ -61,9 +60,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 	renamer, canRename := e.eng.(Renamer)
 	wasRunning := false
 	if old != nil {
-		res.Containers = append(res.Containers, old.ID)
 		wasRunning = old.Running
-		e.expect(old.ID, intent.Stop, t)
 		if err := e.eng.StopContainer(ctx, old.ID, t.Spec.StopTimeout); err != nil {
 			return res, fmt.Errorf("change the image of game %s: stop the old container: %w", g, engineErr(err))
 		}
@@ -72,7 +69,6 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 				return res, fmt.Errorf("change the image of game %s: move the old container aside: %w", g, engineErr(err))
 			}
 		} else {
-			e.expect(old.ID, intent.Remove, t)
 			if err := e.eng.RemoveContainer(ctx, old.ID); err != nil {
 				return res, fmt.Errorf("change the image of game %s: remove the old container: %w", g, engineErr(err))
 			}
@@ -80,10 +76,10 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 	}
 
 	spec := e.containerSpec(t, image, mount, t.Spec.Env, t.Spec.Limits)
-	created, err := e.createAndStart(ctx, t, spec, &res)
+	created, err := e.createAndStart(ctx, spec)
 	if err != nil {
 		if old != nil && canRename {
-			e.rollback(ctx, t, old.ID, created, wasRunning, renamer, &res)
+			e.rollback(ctx, t, old.ID, created, wasRunning, renamer)
 		}
 		return res, fmt.Errorf("change the image of game %s: %w", g, err)
 	}
@@ -96,14 +92,16 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 		r, err := cur.ChangeImage(newID, image, at)
 		return r, details(outbox.ReasonJobChangeImage, jobID), err
 	}
+	check := e.checkRunning(t.HostID, g, newID)
+	res.AfterCommit = check
 	if old != nil && canRename {
 		oldCID := old.ID
 		res.AfterCommit = func(ctx context.Context) error {
-			e.expect(oldCID, intent.Remove, t)
-			if err := e.eng.RemoveContainer(ctx, oldCID); err != nil {
-				return fmt.Errorf("remove the replaced container %s of game %s: %w", oldCID, g, err)
+			err := check(ctx)
+			if rerr := e.eng.RemoveContainer(ctx, oldCID); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("remove the replaced container %s of game %s: %w", oldCID, g, rerr))
 			}
-			return nil
+			return err
 		}
 	}
 	return res, nil
@@ -111,7 +109,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 
 // createAndStart creates (or adopts) the new container and starts it. It
 // returns the id of the container it created, also on error ("" if none).
-func (e *Executor) createAndStart(ctx context.Context, t worker.Task, spec engine.ContainerSpec, res *worker.Result) (string, error) {
+func (e *Executor) createAndStart(ctx context.Context, spec engine.ContainerSpec) (string, error) {
 	c, err := e.eng.CreateContainer(ctx, spec)
 	if err != nil {
 		return "", engineErr(err)
@@ -121,8 +119,6 @@ func (e *Executor) createAndStart(ctx context.Context, t worker.Task, spec engin
 		if c.Running {
 			return "", job.Permanent(fmt.Errorf("container %s runs image %s under the game's name", c.ID, c.Image))
 		}
-		e.expect(c.ID, intent.Remove, t)
-		res.Containers = append(res.Containers, c.ID)
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return "", engineErr(err)
 		}
@@ -130,8 +126,6 @@ func (e *Executor) createAndStart(ctx context.Context, t worker.Task, spec engin
 			return "", engineErr(err)
 		}
 	}
-	res.Containers = append(res.Containers, c.ID)
-	e.expect(c.ID, intent.Start, t)
 	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
 		return c.ID, engineErr(err)
 	}
@@ -140,12 +134,11 @@ func (e *Executor) createAndStart(ctx context.Context, t worker.Task, spec engin
 
 // rollback puts the old container back after a failed replacement. It runs
 // on a fresh context: the job's may be the reason for the failure.
-func (e *Executor) rollback(ctx context.Context, t worker.Task, oldID, newID string, wasRunning bool, renamer Renamer, res *worker.Result) {
+func (e *Executor) rollback(ctx context.Context, t worker.Task, oldID, newID string, wasRunning bool, renamer Renamer) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	log := e.log.With("job_id", t.Job.ID, "game_id", t.Spec.GameID, "old_container", oldID)
 	if newID != "" {
-		e.expect(newID, intent.Remove, t)
 		if err := e.eng.RemoveContainer(ctx, newID); err != nil {
 			log.Error("image change rollback: could not remove the new container", "container", newID, "err", err)
 			return
@@ -156,7 +149,6 @@ func (e *Executor) rollback(ctx context.Context, t worker.Task, oldID, newID str
 		return
 	}
 	if wasRunning {
-		e.expect(oldID, intent.Start, t)
 		if err := e.eng.StartContainer(ctx, oldID); err != nil {
 			log.Error("image change rollback: could not start the old container again", "err", err)
 			return

@@ -51,7 +51,7 @@ func runChild() int {
 	policy.StateRoot = os.Getenv(childRoot)
 	policy.AllowedImages = []string{os.Getenv(childImage)}
 	intents := intent.New(time.Minute, nil)
-	real := executor.New(eng, intents, executor.Config{Records: store, StateRoot: policy.StateRoot, Logger: log})
+	real := executor.New(eng, executor.Config{Records: store, StateRoot: policy.StateRoot, Logger: log})
 	hang := worker.ExecutorFunc(func(ctx context.Context, t worker.Task) (worker.Result, error) {
 		_, err := real.Execute(ctx, t)
 		log.Info("start executed; hanging until killed", "job_id", t.Job.ID, "err", err)

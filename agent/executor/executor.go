@@ -10,6 +10,18 @@
 // fails with runtime.ErrRemoved and touches nothing, except a remove job
 // whose goal was reached after it was enqueued (see removedForThisJob),
 // which succeeds with nothing to write.
+//
+// A job's record transition carries the job's reason and id. The events
+// watcher may record the same change first (it attributes the steps the
+// game's job in progress asks for to that job, see package outbox), so
+// every decision is idempotent against it: it compares the record with the
+// daemon's times of what the job did (the run it started, the exit it
+// caused) and writes nothing when the record already says it. Record times
+// come from the store's clock at commit, which is after the daemon's
+// events of the operation, so a late event of the job is recognised as
+// old. After a job that leaves the engine running, the executor looks at
+// the container again (AfterCommit): an engine that died before the
+// record named it is recorded then, as the die it was (observed_die).
 package executor
 
 import (
@@ -21,7 +33,6 @@ import (
 	"time"
 
 	"github.com/galaxy/rtmanager/agent/engine"
-	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
@@ -29,10 +40,12 @@ import (
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
 
-// RecordReader reads a game's record; *db.Store implements it. It returns
-// an error wrapping runtime.ErrNotFound when the game has none.
-type RecordReader interface {
+// RecordStore reads a game's record (an error wrapping runtime.ErrNotFound
+// when the game has none) and records what the executor observes of a
+// container after a job's commit; *db.Store implements it.
+type RecordStore interface {
 	GetRecord(ctx context.Context, gameID string) (runtime.RuntimeRecord, error)
+	ObserveRecord(ctx context.Context, hostID, gameID string, decide db.ObservedDecision) (db.RecordChange, error)
 }
 
 // Renamer is the optional engine capability an image change uses to move
@@ -46,7 +59,7 @@ type Renamer interface {
 // Config configures an Executor.
 type Config struct {
 	// Records is read before any Docker call; required.
-	Records RecordReader
+	Records RecordStore
 	// StateRoot is the policy's state root, against which the state
 	// directory of an image change (taken from the record) is checked on
 	// the filesystem, as a start's is.
@@ -60,22 +73,20 @@ type Config struct {
 
 // Executor implements worker.Executor on an engine.
 type Executor struct {
-	eng     engine.Engine
-	intents *intent.Registry
-	cfg     Config
-	log     *slog.Logger
+	eng engine.Engine
+	cfg Config
+	log *slog.Logger
 }
 
 var _ worker.Executor = (*Executor)(nil)
 
-// New returns an executor on eng. intents may be nil (then the watcher
-// attributes nothing to jobs).
-func New(eng engine.Engine, intents *intent.Registry, cfg Config) *Executor {
+// New returns an executor on eng.
+func New(eng engine.Engine, cfg Config) *Executor {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Executor{eng: eng, intents: intents, cfg: cfg, log: log}
+	return &Executor{eng: eng, cfg: cfg, log: log}
 }
 
 // Execute implements worker.Executor.
@@ -143,12 +154,6 @@ func (e *Executor) record(ctx context.Context, gameID string) (*runtime.RuntimeR
 	return &rec, nil
 }
 
-func (e *Executor) expect(id string, a intent.Action, t worker.Task) {
-	if e.intents != nil && id != "" {
-		e.intents.Expect(id, a, t.Job.ID, t.Job.Attempt)
-	}
-}
-
 // containerSpec is the engine container of a start or an image change.
 func (e *Executor) containerSpec(t worker.Task, image, mountSource string, env []string, l job.Limits) engine.ContainerSpec {
 	return engine.ContainerSpec{
@@ -194,6 +199,74 @@ func details(reason outbox.Reason, jobID int64) outbox.TransitionDetails {
 	return outbox.TransitionDetails{Reason: reason, JobID: jobID, RequestedByJob: true}
 }
 
+// started returns the daemon's start time of the run the job just began in
+// container id, read back from Docker.
+func (e *Executor) started(ctx context.Context, id string) (time.Time, error) {
+	c, err := e.eng.InspectContainer(ctx, id)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the start time of container %s: %w", id, engineErr(err))
+	}
+	if c.StartedAt.IsZero() {
+		return time.Time{}, fmt.Errorf("container %s reports no start time", id)
+	}
+	return c.StartedAt.UTC().Truncate(time.Microsecond), nil
+}
+
+// endedSince reports whether a record bound to the job's container already
+// shows the run the job started (at runStartedAt) as ended: another writer
+// recorded the start and the exit that followed.
+func endedSince(cur runtime.RuntimeRecord, runStartedAt time.Time) bool {
+	return cur.Status == runtime.StatusStopped && cur.StoppedAt != nil && !cur.StoppedAt.Before(runStartedAt)
+}
+
+// checkRunning is the AfterCommit of a job that left the game running in
+// container id: it looks at the container again and, if the engine has
+// exited, records the exit the way the events watcher records a die (for
+// the game's job in progress by then, if that job claims it; observed_die
+// otherwise). The watcher may have seen that die before the record named
+// the container (a new container: no record or a stale one yet) or as a
+// step of the job's own operation (a restart's); it records it itself when
+// it sees it after the commit, and then this finds nothing to do.
+func (e *Executor) checkRunning(hostID, gameID, id string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := e.cfg.Records.ObserveRecord(ctx, hostID, gameID, func(cur *runtime.RuntimeRecord, active *outbox.ActiveJob, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			none := outbox.TransitionDetails{}
+			if cur == nil {
+				return runtime.RuntimeRecord{}, none, runtime.ErrNotFound
+			}
+			if cur.Status != runtime.StatusRunning || cur.CurrentContainerID != id {
+				return *cur, none, nil
+			}
+			c, err := e.eng.InspectContainer(ctx, id)
+			if errors.Is(err, engine.ErrNotFound) {
+				return *cur, none, nil // its destroy event tells
+			}
+			if err != nil {
+				return *cur, none, err
+			}
+			if c.State != "exited" && c.State != "dead" {
+				return *cur, none, nil
+			}
+			d, report := outbox.Attribute(active, outbox.StepExit, outbox.ReasonObservedDie)
+			if !report {
+				return *cur, none, nil
+			}
+			code := c.ExitCode
+			d.ExitCode, d.OOM = &code, c.OOMKilled
+			when := at
+			if !c.FinishedAt.IsZero() {
+				when = c.FinishedAt.UTC().Truncate(time.Microsecond)
+			}
+			next, err := cur.Stop(id, when)
+			return next, d, err
+		})
+		if err != nil {
+			return fmt.Errorf("look at container %s of game %s after the job: %w", id, gameID, err)
+		}
+		return nil
+	}
+}
+
 // start creates (or adopts) and starts the game's container.
 func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.RuntimeRecord) (worker.Result, error) {
 	g, image := t.Spec.GameID, t.Spec.ImageRef
@@ -227,19 +300,20 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		if c.Running {
 			return worker.Result{}, job.Permanent(fmt.Errorf("start game %s: container %s runs image %s, not %s; use an image change", g, c.ID, c.Image, image))
 		}
-		e.expect(c.ID, intent.Remove, t)
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
-			return worker.Result{Containers: []string{c.ID}}, fmt.Errorf("start game %s: replace its stopped container of image %s: %w", g, c.Image, engineErr(err))
+			return worker.Result{}, fmt.Errorf("start game %s: replace its stopped container of image %s: %w", g, c.Image, engineErr(err))
 		}
-		old := c.ID
 		if c, err = e.eng.CreateContainer(ctx, spec); err != nil {
-			return worker.Result{Containers: []string{old}}, fmt.Errorf("start game %s: %w", g, engineErr(err))
+			return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
 		}
 	}
-	res := worker.Result{Containers: []string{c.ID}}
-	e.expect(c.ID, intent.Start, t)
+	var res worker.Result
 	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
 		return res, fmt.Errorf("start game %s: %w", g, engineErr(err))
+	}
+	runStart, err := e.started(ctx, c.ID)
+	if err != nil {
+		return res, fmt.Errorf("start game %s: %w", g, err)
 	}
 	placement := runtime.Placement{
 		GameID: g, HostID: t.HostID, EngineEndpoint: runtime.EngineEndpointFor(g),
@@ -252,6 +326,11 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 			r, err := runtime.Create(placement, id, image, at)
 			return r, d, err
 		}
+		if cur.CurrentContainerID == id && endedSince(*cur, runStart) {
+			// The watcher recorded this start (as the job's) and the
+			// engine's death right after it (as observed).
+			return *cur, outbox.TransitionDetails{}, nil
+		}
 		if cur.Status == runtime.StatusRunning && cur.CurrentContainerID != id {
 			// The record's container is gone (checked above) and events
 			// have not told yet: the new container replaces it.
@@ -261,6 +340,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		r, err := cur.Start(id, image, at)
 		return r, d, err
 	}
+	res.AfterCommit = e.checkRunning(t.HostID, g, id)
 	return res, nil
 }
 
@@ -270,11 +350,10 @@ func (e *Executor) stop(ctx context.Context, t worker.Task, rec runtime.RuntimeR
 	if id == "" {
 		return worker.Result{}, job.Permanent(fmt.Errorf("stop game %s: the record names no container", g))
 	}
-	res := worker.Result{Containers: []string{id}}
-	e.expect(id, intent.Stop, t)
+	var res worker.Result
 	err := e.eng.StopContainer(ctx, id, t.Spec.StopTimeout)
 	if errors.Is(err, engine.ErrNotFound) {
-		res.Record = disposed(id, t.Job.ID)
+		res.Record = disposed(id)
 		return res, nil
 	}
 	if err != nil {
@@ -284,23 +363,28 @@ func (e *Executor) stop(ctx context.Context, t worker.Task, rec runtime.RuntimeR
 	if err != nil {
 		return res, fmt.Errorf("stop game %s: read the exit code: %w", g, engineErr(err))
 	}
-	code, jobID := c.ExitCode, t.Job.ID
+	code, oom, jobID := c.ExitCode, c.OOMKilled, t.Job.ID
+	exited := c.FinishedAt.UTC().Truncate(time.Microsecond)
 	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		if cur == nil {
 			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("stop game %s: %w", g, runtime.ErrNotFound)
 		}
+		if cur.Status == runtime.StatusRunning && cur.CurrentContainerID == id && cur.StartedAt != nil && cur.StartedAt.After(exited) {
+			// Started again after this stop, and recorded: not ours to undo.
+			return *cur, outbox.TransitionDetails{}, nil
+		}
 		d := details(outbox.ReasonJobStop, jobID)
-		d.ExitCode = &code
+		d.ExitCode, d.OOM = &code, oom
 		r, err := cur.Stop(id, at)
 		return r, d, err
 	}
 	return res, nil
 }
 
-// disposed is the decision for a job that finds the record's container
+// disposed is the decision for a stop that finds the record's container
 // gone: the record says so (removed), which is the truth the reconciler
-// would also write.
-func disposed(id string, jobID int64) db.Decision {
+// would also write, under its reason: the stop did not remove it.
+func disposed(id string) db.Decision {
 	return func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		if cur == nil {
 			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, runtime.ErrNotFound
@@ -310,7 +394,7 @@ func disposed(id string, jobID int64) db.Decision {
 			return *cur, outbox.TransitionDetails{}, nil
 		}
 		r, err := cur.Remove(id, at)
-		return r, outbox.TransitionDetails{Reason: outbox.ReasonReconcileDispose, JobID: jobID, RequestedByJob: true}, err
+		return r, outbox.TransitionDetails{Reason: outbox.ReasonReconcileDispose}, err
 	}
 }
 
@@ -320,22 +404,30 @@ func (e *Executor) restart(ctx context.Context, t worker.Task, rec runtime.Runti
 	if id == "" {
 		return worker.Result{}, job.Permanent(fmt.Errorf("restart game %s: the record names no container", g))
 	}
-	res := worker.Result{Containers: []string{id}}
-	e.expect(id, intent.Restart, t)
+	var res worker.Result
 	if err := e.eng.RestartContainer(ctx, id, t.Spec.StopTimeout); err != nil {
 		if errors.Is(err, engine.ErrNotFound) {
 			return res, job.Permanent(fmt.Errorf("restart game %s: its container %s is gone; start the game instead: %w", g, id, err))
 		}
 		return res, fmt.Errorf("restart game %s: %w", g, engineErr(err))
 	}
+	runStart, err := e.started(ctx, id)
+	if err != nil {
+		return res, fmt.Errorf("restart game %s: %w", g, err)
+	}
 	jobID := t.Job.ID
 	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		if cur == nil {
 			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("restart game %s: %w", g, runtime.ErrNotFound)
 		}
-		r, err := cur.Start(id, cur.CurrentImageRef, at)
+		// Unchanged when the watcher recorded this restart first.
+		if at.Before(runStart) {
+			at = runStart
+		}
+		r, err := cur.Restart(id, runStart, at)
 		return r, details(outbox.ReasonJobRestart, jobID), err
 	}
+	res.AfterCommit = e.checkRunning(t.HostID, g, id)
 	return res, nil
 }
 
@@ -344,8 +436,6 @@ func (e *Executor) remove(ctx context.Context, t worker.Task, rec runtime.Runtim
 	g, id := t.Spec.GameID, rec.CurrentContainerID
 	var res worker.Result
 	if id != "" {
-		res.Containers = []string{id}
-		e.expect(id, intent.Remove, t)
 		if err := e.eng.RemoveContainer(ctx, id); err != nil {
 			return res, fmt.Errorf("remove game %s: %w", g, engineErr(err))
 		}
@@ -353,8 +443,6 @@ func (e *Executor) remove(ctx context.Context, t worker.Task, rec runtime.Runtim
 	// A container of ours under the game's name that the record does not
 	// name (an earlier attempt's leftover) goes too.
 	if c, err := e.eng.InspectContainer(ctx, runtime.ContainerName(g)); err == nil && c.GameID == g {
-		res.Containers = append(res.Containers, c.ID)
-		e.expect(c.ID, intent.Remove, t)
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return res, fmt.Errorf("remove game %s: %w", g, engineErr(err))
 		}
@@ -365,9 +453,9 @@ func (e *Executor) remove(ctx context.Context, t worker.Task, rec runtime.Runtim
 			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("remove game %s: %w", g, runtime.ErrNotFound)
 		}
 		if cur.Status == runtime.StatusRemoved {
-			// Between our removal and this commit a reconcile pass found
-			// the container gone (it does not know our intent) and
-			// recorded the removal: the job's goal is reached, with no
+			// Between our removal and this commit the events watcher
+			// recorded it (as this job's), or an earlier attempt's
+			// removal was recorded: the job's goal is reached, with no
 			// change left to write.
 			return *cur, outbox.TransitionDetails{}, nil
 		}

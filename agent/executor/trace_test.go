@@ -3,6 +3,7 @@ package executor_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -11,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
 // TestOneTraceFromInsertToContainer inserts a start job carrying the W3C
@@ -42,7 +44,16 @@ func TestOneTraceFromInsertToContainer(t *testing.T) {
 	if j := e.finished(id); j.Status != job.StatusSucceeded {
 		t.Fatalf("job %s: %s", j.Status, j.LastError)
 	}
-	_ = tp.ForceFlush(context.Background())
+	// The job's span ends after its commit, once the job's look at its
+	// container (AfterCommit) is done.
+	wait.For(t, time.Minute, "the job's span to end", func() bool {
+		for _, s := range spans.GetSpans() {
+			if s.Name == "job start" {
+				return true
+			}
+		}
+		return false
+	})
 
 	traceID := gmSpan.SpanContext().TraceID()
 	var inTrace []tracetest.SpanStub

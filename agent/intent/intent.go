@@ -1,9 +1,15 @@
 // Package intent remembers which container operations the agent itself
-// asked for, so that the events watcher can tell a stop the job worker
-// requested from a container that died on its own, and attribute the
-// transition to the job. It is in-memory: after a restart nothing is
-// expected, and an event is then reported as not requested, which is the
-// truthful default.
+// asked for outside of jobs: the cleanup sweeper's removals, so that the
+// events watcher reports their destroy as cleanup and the reconciler does
+// not report them as a container gone (reconcile_dispose). It is
+// in-memory: after a restart nothing is expected, and an event is then
+// reported as not requested, which is the truthful default.
+//
+// Jobs are not attributed from here: what a job asks for is read from the
+// job table (its job in progress, see package outbox), which every writer
+// sees under the game's lock and which survives a restart. The job actions
+// and the job fields of Intent remain for callers that still register or
+// forget them; the agent's executor no longer does.
 package intent
 
 import (

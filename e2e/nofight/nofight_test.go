@@ -56,7 +56,7 @@ func TestWritersNeverFight(t *testing.T) {
 
 	rec := reconcile.New(store, eng, reconcile.Config{HostID: hostID, Interval: 20 * time.Millisecond, OrphanGrace: time.Hour, Intents: intents})
 	watch := watcher.New(store, eng, rec, intents, watcher.Config{HostID: hostID})
-	work := worker.New(store, executor.New(eng, intents, executor.Config{Records: store, StateRoot: root}), intents, worker.Config{
+	work := worker.New(store, executor.New(eng, executor.Config{Records: store, StateRoot: root}), intents, worker.Config{
 		HostID: hostID, Owner: "agent-" + hostID, Concurrency: 4, LeaseDuration: 10 * time.Second,
 		PollInterval: 50 * time.Millisecond, UseListen: true, Policy: policy, Network: "net-" + hostID,
 		RetryBaseDelay: 10 * time.Millisecond, RetryMaxDelay: 100 * time.Millisecond,
