@@ -3,29 +3,19 @@
 // last two on very short periods — through a churn of lifecycle jobs on
 // real Docker and PostgreSQL, and checks from the outbox that they never
 // fight: no repair of a record that was right, no orphan report of a
-// container a job was creating, every change attributable to a job.
+// container a job was creating, and every change reported once, with its
+// cause (reasons_test.go: the same, job kind by job kind).
 package nofight_test
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"sync"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/galaxy/rtmanager/agent/engine"
-	"github.com/galaxy/rtmanager/agent/executor"
-	"github.com/galaxy/rtmanager/agent/intent"
-	"github.com/galaxy/rtmanager/agent/reconcile"
-	"github.com/galaxy/rtmanager/agent/sweeper"
-	"github.com/galaxy/rtmanager/agent/watcher"
-	"github.com/galaxy/rtmanager/agent/worker"
-	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
-	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
 	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
@@ -33,138 +23,72 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func TestWritersNeverFight(t *testing.T) {
-	ctx := context.Background()
-	hostID := dockertest.UniqueName(t)
-	eng := dockertest.Engine(t, hostID)
-	image := dockertest.EngineImage(t)
-	pool, err := db.Connect(ctx, pgtest.URL(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	store := db.NewStore(pool, nil)
-	if _, err := store.RegisterHost(ctx, hostID, "agent-"+hostID, "test"); err != nil {
-		t.Fatal(err)
-	}
-	root := t.TempDir()
-	policy := job.DefaultPolicy()
-	policy.StateRoot = root
-	policy.AllowedImages = []string{dockertest.ImageRepo}
-	policy.DefaultLimits.MemoryBytes = 64 << 20
-	policy.DefaultStopTimeout = 5 * time.Second
-	intents := intent.New(time.Minute, nil)
-
-	rec := reconcile.New(store, eng, reconcile.Config{HostID: hostID, Interval: 20 * time.Millisecond, OrphanGrace: time.Hour, Intents: intents})
-	watch := watcher.New(store, eng, rec, intents, watcher.Config{HostID: hostID})
-	work := worker.New(store, executor.New(eng, executor.Config{Records: store, StateRoot: root}), intents, worker.Config{
-		HostID: hostID, Owner: "agent-" + hostID, Concurrency: 4, LeaseDuration: 10 * time.Second,
-		PollInterval: 50 * time.Millisecond, UseListen: true, Policy: policy, Network: "net-" + hostID,
-		RetryBaseDelay: 10 * time.Millisecond, RetryMaxDelay: 100 * time.Millisecond,
-	})
 	// Stopped games become due for cleanup at once: the sweeper runs every
 	// second and must keep its hands off every game with a job to come.
-	sweep, err := sweeper.New(store, eng, intents, sweeper.Config{HostID: hostID, Schedule: "@every 1s", StoppedTTL: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{rec.Run, watch.Run, work.Run, sweep.Run} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(runCtx); err != nil {
-				t.Errorf("a part stopped with an error: %v", err)
-			}
-		}()
-	}
-	t.Cleanup(func() { stop(); wg.Wait() })
-	wait.For(t, time.Minute, "the events stream", watch.Connected)
+	a := startAgent(t, agentOptions{ReconcileInterval: 20 * time.Millisecond, Sweep: true})
 
 	// Every game runs the same script; the jobs of all games interleave.
 	const games = 8
-	script := []struct{ kind, payload string }{
-		{"start", fmt.Sprintf(`{"image_ref": %q}`, image)},
-		{"stop", `{"timeout_seconds": 5}`},
-		{"start", fmt.Sprintf(`{"image_ref": %q}`, image)},
-		{"restart", `{"timeout_seconds": 5}`},
-		{"stop", `{"timeout_seconds": 5}`},
+	script := []struct {
+		kind    job.Kind
+		payload string
+		want    string // the job's runtime event
+	}{
+		{job.KindStart, fmt.Sprintf(`{"image_ref": %q}`, a.image), "running(job_start)"},
+		{job.KindStop, `{"timeout_seconds": 5}`, "stopped(job_stop)"},
+		{job.KindStart, fmt.Sprintf(`{"image_ref": %q}`, a.image), "running(job_start)"},
+		{job.KindRestart, `{"timeout_seconds": 5}`, "running(job_restart)"},
+		{job.KindStop, `{"timeout_seconds": 5}`, "stopped(job_stop)"},
 	}
+	gameID := func(g int) string { return fmt.Sprintf("g%d-%s", g, a.suffix) }
 	var ids []int64
 	for step := range script {
-		for g := 0; g < games; g++ {
-			j, _, err := store.InsertJob(ctx, db.NewJob{
-				HostID: hostID, GameID: fmt.Sprintf("g%d", g), Kind: job.Kind(script[step].kind), Payload: []byte(script[step].payload),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, j.ID)
+		for g := range games {
+			ids = append(ids, a.insert(gameID(g), script[step].kind, script[step].payload))
 		}
 	}
-	wait.For(t, 4*time.Minute, "every job to finish", func() bool {
-		for _, id := range ids {
-			j, err := store.GetJob(ctx, id)
-			if err != nil || !j.Status.IsFinal() {
-				return false
-			}
-		}
-		return true
-	})
-	for _, id := range ids {
-		if j, _ := store.GetJob(ctx, id); j.Status != job.StatusSucceeded {
-			t.Errorf("job %d (%s of %s) %s: %s", id, j.Kind, j.GameID, j.Status, j.LastError)
-		}
-	}
+	a.waitSucceeded(4*time.Minute, ids)
 	// The sweeper removes the games once their last job is done; the
 	// reconciler, every 20 ms, passes over the settled state dozens of
 	// times meanwhile.
 	wait.For(t, time.Minute, "every stopped game swept", func() bool {
-		recs, err := store.ListRecords(ctx, hostID, runtime.StatusStopped)
+		recs, err := a.store.ListRecords(a.ctx, a.hostID, runtime.StatusStopped)
 		return err == nil && len(recs) == 0
 	})
 
-	evs, err := store.ReadOutbox(ctx, db.Position{}, 100_000)
-	if err != nil {
-		t.Fatal(err)
+	var want []string
+	for _, s := range script {
+		want = append(want, s.want)
 	}
-	perGame := map[string][]string{}
-	for _, ev := range evs {
-		switch ev.Type {
-		case outbox.TypeContainerOrphaned:
-			t.Errorf("orphan reported while only jobs changed the host: %s", ev.Payload)
-		case outbox.TypeRuntimeRunning, outbox.TypeRuntimeStopped, outbox.TypeRuntimeRemoved:
-			var p outbox.RuntimePayload
-			if err := json.Unmarshal(ev.Payload, &p); err != nil {
-				t.Fatal(err)
+	want = append(want, "removed(cleanup)")
+	for game, evs := range a.events() {
+		var got []string
+		for _, ev := range evs {
+			switch {
+			case ev.Type == outbox.TypeContainerOrphaned:
+				t.Errorf("orphan reported while only jobs changed the host: %s", ev.Payload)
+			case ev.rt.ToStatus == "":
+				continue
+			case ev.rt.Reason.IsJob() != (ev.rt.JobID != nil && *ev.rt.JobID == ev.JobID && ev.JobID != 0):
+				t.Errorf("game %s: %s names job %v (row: %d)", game, ev, ev.rt.JobID, ev.JobID)
 			}
-			perGame[ev.GameID] = append(perGame[ev.GameID], fmt.Sprintf("%s(%s)", p.ToStatus, p.Reason))
-			switch p.Reason {
-			case outbox.ReasonReconcileExit, outbox.ReasonReconcileStart, outbox.ReasonReconcileDispose:
-				t.Errorf("game %s: the reconciler repaired a record nothing had broken: %s", ev.GameID, ev.Payload)
-			case outbox.ReasonObservedDie, outbox.ReasonObservedStart, outbox.ReasonObservedDestroy:
-				if !p.RequestedByJob {
-					t.Errorf("game %s: a change no job asked for: %s", ev.GameID, ev.Payload)
-				}
-			}
+			got = append(got, fmt.Sprintf("%s(%s)", ev.rt.ToStatus, ev.rt.Reason))
+		}
+		// Anything but the script's changes and the final cleanup would be
+		// a writer reporting another's change: a repair (reconcile_*) of a
+		// record that was right, or a job's change as observed_*.
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("game %s: events %v; want %v", game, got, want)
 		}
 	}
-	for g := 0; g < games; g++ {
-		id := fmt.Sprintf("g%d", g)
-		seq := perGame[id]
-		if len(seq) == 0 || seq[len(seq)-1] != "removed(cleanup)" {
-			t.Errorf("game %s: events %v; want the script's changes, then removed(cleanup)", id, seq)
-		}
-		t.Logf("game %s: %v", id, seq)
-	}
-	if n := countContainers(t, eng); n != 0 {
+	if n := countContainers(t, a); n != 0 {
 		t.Errorf("%d containers left after the sweep", n)
 	}
 }
 
-func countContainers(t *testing.T, eng *engine.Docker) int {
+func countContainers(t *testing.T, a *agent) int {
 	t.Helper()
-	cs, err := eng.ListManaged(context.Background())
+	cs, err := a.eng.ListManaged(a.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
