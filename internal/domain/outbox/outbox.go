@@ -67,15 +67,17 @@
 // and records the exit then, still as observed_die.
 //
 // The limits, by design: the agent cannot tell a step a job asks for from
-// the same step happening on its own while the job is in progress, so an
+// the same step happening on its own while the job is in progress (a step
+// is judged when it is seen, against the job in progress then), so an
 // engine that crashes while a stop job is in progress is reported as that
 // stop (job_stop, with the crash's exit code), and its exit during a
-// restart, a remove or an image change is part of that job's change. A job
-// that changed the container and then ended without recording it (failed
-// after its attempts, cancelled) leaves the change to the next relist
-// (reconcile_*). And a container removed behind the agent's back while a
-// stop job runs is reported reconcile_dispose when the job finds it gone
-// first, observed_destroy when the watcher does.
+// restart, a remove or an image change is part of that job's change. A
+// restart whose attempt is retried restarts the engine again, and may
+// report each restart. A job that changed the container and then ended
+// without recording it (failed after its attempts, cancelled) leaves the
+// change to the next relist (reconcile_*). And a container removed behind
+// the agent's back while a stop job runs is reported reconcile_dispose when
+// the job finds it gone first, observed_destroy when the watcher does.
 package outbox
 
 import (
