@@ -65,10 +65,12 @@ func eventsOf(evs []db.StoredEvent) []Event {
 	return out
 }
 
-// Reason says what caused a runtime transition: job_start, job_stop,
-// job_restart, job_remove, job_change_image, observed_start, observed_die,
-// observed_destroy, reconcile_exit, reconcile_start, reconcile_dispose or
-// cleanup.
+// Reason says what caused a runtime transition, whichever part of the
+// agent recorded it: a job asked for it (job_start, job_stop, job_restart,
+// job_remove, job_change_image; the event then names the job), or no job
+// did (observed_start, observed_die, observed_destroy: a Docker event;
+// reconcile_exit, reconcile_start, reconcile_dispose: a relist; cleanup:
+// the sweeper). See the README's "Event types and payloads".
 type Reason string
 
 // RuntimePayload is the payload of runtime.* events.
@@ -86,7 +88,9 @@ type RuntimePayload struct {
 	// ExitCode is the engine's exit code, when known.
 	ExitCode *int `json:"exit_code,omitempty"`
 	// OOM reports that Docker said the engine was killed for memory.
-	OOM            bool      `json:"oom,omitempty"`
+	OOM bool `json:"oom,omitempty"`
+	// RequestedByJob and JobID are set with a job_* reason only: the job
+	// that asked for the transition.
 	RequestedByJob bool      `json:"requested_by_job,omitempty"`
 	JobID          *int64    `json:"job_id,omitempty"`
 	At             time.Time `json:"at"`
