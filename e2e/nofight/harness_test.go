@@ -33,11 +33,14 @@ type agentOptions struct {
 	Sweep bool
 	// Wrap, when set, wraps the real executor.
 	Wrap func(worker.Executor) worker.Executor
+	// WorkerOnly runs the job worker alone: no watcher, no reconciler.
+	WorkerOnly bool
+	// NoWorker runs no job worker.
+	NoWorker bool
 }
 
-// agent is every writer of one host's records, run in the test process on
-// the real daemon and a database of its own.
-type agent struct {
+// host is one test's Docker host: its host id, database and engine.
+type host struct {
 	t      *testing.T
 	ctx    context.Context
 	hostID string
@@ -47,52 +50,80 @@ type agent struct {
 	store  *db.Store
 	eng    *engine.Docker
 	image  string
-	watch  *watcher.Watcher
+	root   string
+	policy job.Policy
 }
 
-func startAgent(t *testing.T, opts agentOptions) *agent {
+func newHost(t *testing.T) *host {
 	t.Helper()
 	ctx := context.Background()
 	hostID := dockertest.UniqueName(t)
-	a := &agent{t: t, ctx: ctx, hostID: hostID, suffix: hostID[strings.LastIndex(hostID, "-")+1:],
-		eng: dockertest.Engine(t, hostID), image: dockertest.EngineImage(t)}
+	h := &host{t: t, ctx: ctx, hostID: hostID, suffix: hostID[strings.LastIndex(hostID, "-")+1:],
+		eng: dockertest.Engine(t, hostID), image: dockertest.EngineImage(t), root: t.TempDir()}
 	pool, err := db.Connect(ctx, pgtest.URL(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	a.store = db.NewStore(pool, nil)
-	if _, err := a.store.RegisterHost(ctx, hostID, "agent-"+hostID, "test"); err != nil {
+	h.store = db.NewStore(pool, nil)
+	if _, err := h.store.RegisterHost(ctx, hostID, "agent-"+hostID, "test"); err != nil {
 		t.Fatal(err)
 	}
-	root := t.TempDir()
-	policy := job.DefaultPolicy()
-	policy.StateRoot = root
-	policy.AllowedImages = []string{dockertest.ImageRepo}
-	policy.DefaultLimits.MemoryBytes = 64 << 20
-	policy.DefaultStopTimeout = 5 * time.Second
-	intents := intent.New(time.Minute, nil)
+	h.policy = job.DefaultPolicy()
+	h.policy.StateRoot = h.root
+	h.policy.AllowedImages = []string{dockertest.ImageRepo}
+	h.policy.DefaultLimits.MemoryBytes = 64 << 20
+	h.policy.DefaultStopTimeout = 5 * time.Second
+	return h
+}
 
-	rec := reconcile.New(a.store, a.eng, reconcile.Config{HostID: hostID, Interval: opts.ReconcileInterval, OrphanGrace: time.Hour, Intents: intents})
-	a.watch = watcher.New(a.store, a.eng, rec, intents, watcher.Config{HostID: hostID})
-	var exec worker.Executor = executor.New(a.eng, executor.Config{Records: a.store, StateRoot: root})
+// agent is every writer of one host's records (or the ones the options
+// select), run in the test process on the real daemon, with a fresh
+// in-memory state, as a new agent process has.
+type agent struct {
+	*host
+	rec   *reconcile.Reconciler
+	watch *watcher.Watcher
+	// stop stops the agent's parts and waits for them (also at cleanup).
+	stop func()
+}
+
+func startAgent(t *testing.T, opts agentOptions) *agent {
+	t.Helper()
+	return newHost(t).start(opts)
+}
+
+func (h *host) start(opts agentOptions) *agent {
+	t := h.t
+	t.Helper()
+	a := &agent{host: h}
+	intents := intent.New(time.Minute, nil)
+	var exec worker.Executor = executor.New(h.eng, executor.Config{Records: h.store, StateRoot: h.root})
 	if opts.Wrap != nil {
 		exec = opts.Wrap(exec)
 	}
-	work := worker.New(a.store, exec, intents, worker.Config{
-		HostID: hostID, Owner: "agent-" + hostID, Concurrency: 4, LeaseDuration: 10 * time.Second,
-		PollInterval: 50 * time.Millisecond, UseListen: true, Policy: policy, Network: "net-" + hostID,
-		RetryBaseDelay: 10 * time.Millisecond, RetryMaxDelay: 100 * time.Millisecond,
+	work := worker.New(h.store, exec, intents, worker.Config{
+		HostID: h.hostID, Owner: fmt.Sprintf("agent-%s-%d", h.hostID, time.Now().UnixNano()), Concurrency: 4, LeaseDuration: 10 * time.Second,
+		PollInterval: 50 * time.Millisecond, UseListen: true, Policy: h.policy, Network: "net-" + h.hostID,
+		RetryBaseDelay: 10 * time.Millisecond, RetryMaxDelay: 100 * time.Millisecond, DrainTimeout: 100 * time.Millisecond,
 	})
-	runs := []func(context.Context) error{rec.Run, a.watch.Run, work.Run}
+	var runs []func(context.Context) error
+	if !opts.NoWorker {
+		runs = append(runs, work.Run)
+	}
+	if !opts.WorkerOnly {
+		a.rec = reconcile.New(h.store, h.eng, reconcile.Config{HostID: h.hostID, Interval: opts.ReconcileInterval, OrphanGrace: time.Hour, Intents: intents})
+		a.watch = watcher.New(h.store, h.eng, a.rec, intents, watcher.Config{HostID: h.hostID})
+		runs = append(runs, a.rec.Run, a.watch.Run)
+	}
 	if opts.Sweep {
-		sweep, err := sweeper.New(a.store, a.eng, intents, sweeper.Config{HostID: hostID, Schedule: "@every 1s", StoppedTTL: time.Millisecond})
+		sweep, err := sweeper.New(h.store, h.eng, intents, sweeper.Config{HostID: h.hostID, Schedule: "@every 1s", StoppedTTL: time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
 		runs = append(runs, sweep.Run)
 	}
-	runCtx, stop := context.WithCancel(ctx)
+	runCtx, cancel := context.WithCancel(h.ctx)
 	var wg sync.WaitGroup
 	for _, run := range runs {
 		wg.Add(1)
@@ -103,13 +134,17 @@ func startAgent(t *testing.T, opts agentOptions) *agent {
 			}
 		}()
 	}
-	t.Cleanup(func() { stop(); wg.Wait() })
-	wait.For(t, time.Minute, "the events stream", a.watch.Connected)
+	var once sync.Once
+	a.stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(a.stop)
+	if a.watch != nil {
+		wait.For(t, time.Minute, "the events stream", a.watch.Connected)
+	}
 	return a
 }
 
 // insert enqueues a job as the Game Master does and returns its id.
-func (a *agent) insert(gameID string, kind job.Kind, payload string) int64 {
+func (a *host) insert(gameID string, kind job.Kind, payload string) int64 {
 	a.t.Helper()
 	j, _, err := a.store.InsertJob(a.ctx, db.NewJob{HostID: a.hostID, GameID: gameID, Kind: kind, Payload: []byte(payload)})
 	if err != nil {
@@ -120,7 +155,7 @@ func (a *agent) insert(gameID string, kind job.Kind, payload string) int64 {
 
 // waitSucceeded waits until every job has finished and fails the test for
 // each one that did not succeed.
-func (a *agent) waitSucceeded(timeout time.Duration, ids []int64) map[int64]db.Job {
+func (a *host) waitSucceeded(timeout time.Duration, ids []int64) map[int64]db.Job {
 	a.t.Helper()
 	jobs := map[int64]db.Job{}
 	wait.For(a.t, timeout, fmt.Sprintf("%d jobs to finish", len(ids)), func() bool {
@@ -152,7 +187,7 @@ type event struct {
 }
 
 // events returns the whole outbox in (xid, id) order, by game.
-func (a *agent) events() map[string][]event {
+func (a *host) events() map[string][]event {
 	a.t.Helper()
 	evs, err := a.store.ReadOutbox(a.ctx, db.Position{}, 100_000)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,7 +35,7 @@ type step struct {
 // seeing a job's events while the game's next job is already in
 // progress), waits for every job to succeed and returns the job ids by
 // game.
-func runScripts(a *agent, timeout time.Duration, scripts map[string][]step) map[string][]int64 {
+func runScripts(a *host, timeout time.Duration, scripts map[string][]step) map[string][]int64 {
 	a.t.Helper()
 	ids := map[string][]int64{}
 	var all []int64
@@ -105,7 +106,7 @@ func checkEvent(t *testing.T, game string, ev event, s step, prevContainer strin
 // whichever of the job and the watcher recorded it.
 func TestReasonsOfEveryJobKind(t *testing.T) {
 	a := startAgent(t, agentOptions{ReconcileInterval: 20 * time.Millisecond})
-	imageB := tagImage(t, a)
+	imageB := tagImage(t, a.host)
 	startA := fmt.Sprintf(`{"image_ref": %q}`, a.image)
 	stop := step{job.KindStop, `{"timeout_seconds": 5}`, "running->stopped(job_stop)", "same"}
 	restart := func(from string) step {
@@ -137,7 +138,7 @@ func TestReasonsOfEveryJobKind(t *testing.T) {
 	for g := range games {
 		scripts[fmt.Sprintf("k%d-%s", g, a.suffix)] = script(g)
 	}
-	ids := runScripts(a, 5*time.Minute, scripts)
+	ids := runScripts(a.host, 5*time.Minute, scripts)
 
 	perKind := map[job.Kind]int{}
 	watcherFirst := map[job.Kind]int{}
@@ -314,7 +315,7 @@ func failFirstAttempt(exec worker.Executor) worker.Executor {
 // again; it is left out: it may report one restart or two.)
 func TestReasonsOfRetriedJobs(t *testing.T) {
 	a := startAgent(t, agentOptions{ReconcileInterval: 20 * time.Millisecond, Wrap: failFirstAttempt})
-	imageB := tagImage(t, a)
+	imageB := tagImage(t, a.host)
 	startA := fmt.Sprintf(`{"image_ref": %q}`, a.image)
 	stop := step{job.KindStop, `{"timeout_seconds": 5}`, "running->stopped(job_stop)", "same"}
 	scripts := map[string][]step{}
@@ -328,7 +329,7 @@ func TestReasonsOfRetriedJobs(t *testing.T) {
 			{job.KindRemove, `{}`, "stopped->removed(job_remove)", "same"},
 		}
 	}
-	ids := runScripts(a, 3*time.Minute, scripts)
+	ids := runScripts(a.host, 3*time.Minute, scripts)
 	byGame := a.events()
 	for game, s := range scripts {
 		var want []string
@@ -356,8 +357,108 @@ func TestReasonsOfRetriedJobs(t *testing.T) {
 	}
 }
 
+// TestReasonsSurviveAnAgentRestart: an agent does each game's job on Docker
+// and stops before its commit, with no events watcher of its own; a new
+// agent, with none of its predecessor's memory, then sees the changes —
+// in its relist, in the events it replays from the host's cursor, and in
+// the jobs' next attempts. Each change is still its job's, with the job's
+// reason and id: the job in progress is read from the job table.
+func TestReasonsSurviveAnAgentRestart(t *testing.T) {
+	h := newHost(t)
+	imageB := tagImage(t, h)
+	startA := fmt.Sprintf(`{"image_ref": %q}`, h.image)
+	g := func(name string) string { return name + "-" + h.suffix }
+	before := map[string][]step{
+		g("stop"):   {{job.KindStart, startA, "->running(job_start)", "new"}},
+		g("remove"): {{job.KindStart, startA, "->running(job_start)", "new"}},
+		g("image"):  {{job.KindStart, startA, "->running(job_start)", "new"}},
+		g("start"): {{job.KindStart, startA, "->running(job_start)", "new"},
+			{job.KindStop, `{}`, "running->stopped(job_stop)", "same"}},
+	}
+	after := map[string]step{
+		g("stop"):   {job.KindStop, `{}`, "running->stopped(job_stop)", "same"},
+		g("remove"): {job.KindRemove, `{}`, "running->removed(job_remove)", "same"},
+		g("image"):  {job.KindChangeImage, fmt.Sprintf(`{"image_ref": %q}`, imageB), "running->running(job_change_image)", "new"},
+		g("start"):  {job.KindStart, startA, "stopped->running(job_start)", "same"},
+	}
+	a1 := h.start(agentOptions{ReconcileInterval: time.Hour})
+	ids := runScripts(h, 2*time.Minute, before)
+	a1.stop()
+
+	// The agent that stops before its commits.
+	var (
+		mu      sync.Mutex
+		worked  = map[int64]error{}
+		workedN = func() int { mu.Lock(); defer mu.Unlock(); return len(worked) }
+	)
+	a2 := h.start(agentOptions{WorkerOnly: true, Wrap: func(exec worker.Executor) worker.Executor {
+		return worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+			_, err := exec.Execute(ctx, task)
+			mu.Lock()
+			worked[task.Job.ID] = err
+			mu.Unlock()
+			<-ctx.Done() // until the agent stops
+			return worker.Result{}, ctx.Err()
+		})
+	}})
+	for game, st := range after {
+		ids[game] = append(ids[game], h.insert(game, st.kind, st.payload))
+	}
+	wait.For(t, 2*time.Minute, "every job's work done on Docker", func() bool { return workedN() == len(after) })
+	a2.stop()
+	for game := range after {
+		id := ids[game][len(ids[game])-1]
+		if err := worked[id]; err != nil {
+			t.Fatalf("game %s: job %d failed on its first run: %v", game, id, err)
+		}
+		if j, err := h.store.GetJob(h.ctx, id); err != nil || j.Status != job.StatusQueued || j.StartedAt == nil {
+			t.Fatalf("game %s: job %d after its agent stopped: %+v, %v; want queued again", game, id, j, err)
+		}
+	}
+
+	// The new agent. Its watcher and reconciler first: the relists (when
+	// it subscribes, and one more here) leave the games to their jobs, and
+	// the events replayed from the host's cursor are the jobs' (the
+	// daemon's ring is shared with other tests: some may be gone).
+	a3 := h.start(agentOptions{ReconcileInterval: time.Hour, NoWorker: true})
+	rep, err := a3.rec.Pass(h.ctx, "test")
+	if err != nil || rep.Repairs() != 0 || rep.Skipped < 2 {
+		// Whatever the replay recorded already, the image change's game
+		// is skipped twice: its record's (old) container has exited, and
+		// its new container is in its job's hands.
+		t.Errorf("relist while the jobs wait for their next attempts: %+v, %v; want no repair", rep, err)
+	}
+	// Then its job worker.
+	h.start(agentOptions{WorkerOnly: true})
+	var last []int64
+	for game := range after {
+		last = append(last, ids[game][len(ids[game])-1])
+	}
+	h.waitSucceeded(2*time.Minute, last)
+	byGame := h.events()
+	for game, st := range after {
+		s := append(before[game], st)
+		var want, got []string
+		for i, st := range s {
+			want = append(want, wantEvent(st.want, ids[game][i]), fmt.Sprintf("job.succeeded(job %d)", ids[game][i]))
+		}
+		prev, k := "", 0
+		for _, ev := range byGame[game] {
+			got = append(got, render(ev))
+			if ev.rt.ToStatus != "" && k < len(s) {
+				checkEvent(t, game, ev, s[k], prev)
+				prev = ev.rt.ContainerID
+				k++
+			}
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("game %s:\n got %v\nwant %v", game, got, want)
+		}
+	}
+}
+
 // tagImage gives the test engine image a second tag, for image changes.
-func tagImage(t *testing.T, a *agent) string {
+func tagImage(t *testing.T, a *host) string {
 	t.Helper()
 	cli := dockertest.Client(t)
 	ref := dockertest.ImageRepo + ":" + a.hostID
