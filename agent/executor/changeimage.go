@@ -92,16 +92,14 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 		r, err := cur.ChangeImage(newID, image, at)
 		return r, details(outbox.ReasonJobChangeImage, jobID), err
 	}
-	check := e.checkRunning(t.HostID, g, newID)
-	res.AfterCommit = check
+	res.Check = e.exitedSince(newID)
 	if old != nil && canRename {
 		oldCID := old.ID
 		res.AfterCommit = func(ctx context.Context) error {
-			err := check(ctx)
-			if rerr := e.eng.RemoveContainer(ctx, oldCID); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("remove the replaced container %s of game %s: %w", oldCID, g, rerr))
+			if err := e.eng.RemoveContainer(ctx, oldCID); err != nil {
+				return fmt.Errorf("remove the replaced container %s of game %s: %w", oldCID, g, err)
 			}
-			return err
+			return nil
 		}
 	}
 	return res, nil

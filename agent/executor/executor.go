@@ -19,9 +19,10 @@
 // caused) and writes nothing when the record already says it. Record times
 // come from the store's clock at commit, which is after the daemon's
 // events of the operation, so a late event of the job is recognised as
-// old. After a job that leaves the engine running, the executor looks at
-// the container again (AfterCommit): an engine that died before the
-// record named it is recorded then, as the die it was (observed_die).
+// old. A job that leaves the engine running looks at its container again
+// when it commits (worker.Result.Check): an engine that died before the
+// record named it is recorded then, after the job's change and outcome, as
+// the die it was (observed_die).
 package executor
 
 import (
@@ -40,12 +41,10 @@ import (
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
 
-// RecordStore reads a game's record (an error wrapping runtime.ErrNotFound
-// when the game has none) and records what the executor observes of a
-// container after a job's commit; *db.Store implements it.
-type RecordStore interface {
+// RecordReader reads a game's record; *db.Store implements it. It returns
+// an error wrapping runtime.ErrNotFound when the game has none.
+type RecordReader interface {
 	GetRecord(ctx context.Context, gameID string) (runtime.RuntimeRecord, error)
-	ObserveRecord(ctx context.Context, hostID, gameID string, decide db.ObservedDecision) (db.RecordChange, error)
 }
 
 // Renamer is the optional engine capability an image change uses to move
@@ -59,7 +58,7 @@ type Renamer interface {
 // Config configures an Executor.
 type Config struct {
 	// Records is read before any Docker call; required.
-	Records RecordStore
+	Records RecordReader
 	// StateRoot is the policy's state root, against which the state
 	// directory of an image change (taken from the record) is checked on
 	// the filesystem, as a start's is.
@@ -219,51 +218,48 @@ func endedSince(cur runtime.RuntimeRecord, runStartedAt time.Time) bool {
 	return cur.Status == runtime.StatusStopped && cur.StoppedAt != nil && !cur.StoppedAt.Before(runStartedAt)
 }
 
-// checkRunning is the AfterCommit of a job that left the game running in
-// container id: it looks at the container again and, if the engine has
-// exited, records the exit the way the events watcher records a die (for
-// the game's job in progress by then, if that job claims it; observed_die
-// otherwise). The watcher may have seen that die before the record named
-// the container (a new container: no record or a stale one yet) or as a
-// step of the job's own operation (a restart's); it records it itself when
-// it sees it after the commit, and then this finds nothing to do.
-func (e *Executor) checkRunning(hostID, gameID, id string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		_, err := e.cfg.Records.ObserveRecord(ctx, hostID, gameID, func(cur *runtime.RuntimeRecord, active *outbox.ActiveJob, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
-			none := outbox.TransitionDetails{}
-			if cur == nil {
-				return runtime.RuntimeRecord{}, none, runtime.ErrNotFound
-			}
-			if cur.Status != runtime.StatusRunning || cur.CurrentContainerID != id {
-				return *cur, none, nil
-			}
-			c, err := e.eng.InspectContainer(ctx, id)
-			if errors.Is(err, engine.ErrNotFound) {
-				return *cur, none, nil // its destroy event tells
-			}
-			if err != nil {
-				return *cur, none, err
-			}
-			if c.State != "exited" && c.State != "dead" {
-				return *cur, none, nil
-			}
-			d, report := outbox.Attribute(active, outbox.StepExit, outbox.ReasonObservedDie)
-			if !report {
-				return *cur, none, nil
-			}
-			code := c.ExitCode
-			d.ExitCode, d.OOM = &code, c.OOMKilled
-			when := at
-			if !c.FinishedAt.IsZero() {
-				when = c.FinishedAt.UTC().Truncate(time.Microsecond)
-			}
-			next, err := cur.Stop(id, when)
-			return next, d, err
-		})
-		if err != nil {
-			return fmt.Errorf("look at container %s of game %s after the job: %w", id, gameID, err)
+// checkTimeout bounds the look at a container inside a job's commit.
+const checkTimeout = 10 * time.Second
+
+// exitedSince is the Check of a job that left the game running in
+// container id (see worker.Result.Check): at commit time, under the game's
+// lock, it looks at the container again and, if the engine has exited,
+// records the exit the way the events watcher records a die (observed_die,
+// unless the game's job in progress by then claims it). The watcher may
+// have seen that die before the record named the container (a new
+// container: no record or a stale one yet) or taken it for a step of the
+// job's own operation (a restart's die), and would not report it; if the
+// engine dies after this look, the watcher sees the die after the commit.
+// A failed look records nothing: the watcher and the relist remain.
+func (e *Executor) exitedSince(id string) db.ObservedDecision {
+	return func(cur *runtime.RuntimeRecord, active *outbox.ActiveJob, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		none := outbox.TransitionDetails{}
+		if cur == nil {
+			return runtime.RuntimeRecord{}, none, runtime.ErrNotFound
 		}
-		return nil
+		if cur.Status != runtime.StatusRunning || cur.CurrentContainerID != id {
+			return *cur, none, nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+		defer cancel()
+		c, err := e.eng.InspectContainer(ctx, id)
+		if err != nil {
+			if !errors.Is(err, engine.ErrNotFound) { // gone: its destroy event tells
+				e.log.Warn("could not look at the container after the job; the events watcher and the relist will tell", "container_id", id, "err", err)
+			}
+			return *cur, none, nil
+		}
+		if c.State != "exited" && c.State != "dead" {
+			return *cur, none, nil
+		}
+		d, report := outbox.Attribute(active, outbox.StepExit, outbox.ReasonObservedDie)
+		if !report {
+			return *cur, none, nil
+		}
+		code := c.ExitCode
+		d.ExitCode, d.OOM = &code, c.OOMKilled
+		next, err := cur.Stop(id, at)
+		return next, d, err
 	}
 }
 
@@ -340,7 +336,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		r, err := cur.Start(id, image, at)
 		return r, d, err
 	}
-	res.AfterCommit = e.checkRunning(t.HostID, g, id)
+	res.Check = e.exitedSince(id)
 	return res, nil
 }
 
@@ -427,7 +423,7 @@ func (e *Executor) restart(ctx context.Context, t worker.Task, rec runtime.Runti
 		r, err := cur.Restart(id, runStart, at)
 		return r, details(outbox.ReasonJobRestart, jobID), err
 	}
-	res.AfterCommit = e.checkRunning(t.HostID, g, id)
+	res.Check = e.exitedSince(id)
 	return res, nil
 }
 

@@ -44,8 +44,7 @@ func TestOneTraceFromInsertToContainer(t *testing.T) {
 	if j := e.finished(id); j.Status != job.StatusSucceeded {
 		t.Fatalf("job %s: %s", j.Status, j.LastError)
 	}
-	// The job's span ends after its commit, once the job's look at its
-	// container (AfterCommit) is done.
+	// The job's span ends a moment after its commit.
 	wait.For(t, time.Minute, "the job's span to end", func() bool {
 		for _, s := range spans.GetSpans() {
 			if s.Name == "job start" {

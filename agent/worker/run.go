@@ -71,7 +71,7 @@ func (w *Worker) runJob(r *running) {
 		log.Warn("job interrupted: lease lost", "err", err)
 		return
 	case err == nil:
-		out := db.Outcome{Status: job.StatusSucceeded, Record: res.Record}
+		out := db.Outcome{Status: job.StatusSucceeded, Record: res.Record, Check: res.Check}
 		if !w.finish(r, log, out, res.AfterCommit) && r.lastFinishErr != nil && !r.lost() {
 			// The record transition was refused: the world changed
 			// under the job (say, the record was removed meanwhile).
@@ -142,7 +142,7 @@ func (w *Worker) finish(r *running, log *slog.Logger, o db.Outcome, after func(c
 	defer cancel()
 	ctx, span := commitSpan(ctx, r, string(o.Status))
 	var err error
-	if o.Record == nil && !w.unbatched {
+	if o.Record == nil && o.Check == nil && !w.unbatched {
 		// Most outcomes: batched with those of other jobs.
 		err = w.finishBatched(r, o, after != nil)
 	} else {

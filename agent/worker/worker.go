@@ -49,6 +49,9 @@ type Result struct {
 	// Record is the record transition the work caused; the worker commits
 	// it with the job's final state, or nothing at all. Nil: no change.
 	Record db.Decision
+	// Check, when set, is committed with the succeeded outcome, after it:
+	// a look at the container at commit time (see db.Outcome.Check).
+	Check db.ObservedDecision
 	// AfterCommit, when set, runs once the succeeded outcome (and Record)
 	// has committed. An image change removes the old container here: only
 	// when the record names the new one is the old one's destroy event

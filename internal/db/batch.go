@@ -10,7 +10,7 @@ import (
 
 // Finish is one job of a FinishJobs batch: the job as its owner claimed it
 // (ID, GameID, HostID, Kind and Attempt are used) and how it ended. An
-// Outcome with a Record decision cannot be batched: use FinishJob.
+// Outcome with a Record or Check decision cannot be batched: use FinishJob.
 type Finish struct {
 	Job     Job
 	Outcome Outcome
@@ -54,7 +54,7 @@ func (s *Store) FinishJobs(ctx context.Context, owner string, batch []Finish) (m
 		if !o.Status.IsFinal() {
 			return nil, fmt.Errorf("finish job %d: status %q is not final", j.ID, o.Status)
 		}
-		if o.Record != nil {
+		if o.Record != nil || o.Check != nil {
 			return nil, fmt.Errorf("finish job %d: a record transition cannot be batched; use FinishJob", j.ID)
 		}
 		ev, err := outbox.ForJobOutcome(j.ID, j.GameID, j.HostID, j.Kind, o.Status, j.Attempt, o.Error)

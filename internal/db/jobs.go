@@ -11,6 +11,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
+	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
 
 // Job is one row of the job table. Kind, GameID and Payload are as the Game
@@ -156,10 +157,17 @@ type Outcome struct {
 	// Record, when set, is the record transition the job's work caused; it
 	// commits with the job's final state or not at all.
 	Record Decision
+	// Check, when set, is a look at the game's container at commit time,
+	// after Record and the outcome's event, in the same transaction: what
+	// happened to the container since the work (an engine that died at
+	// once), recorded with its own reason. Like an observer's decision it
+	// gets the game's job in progress, which is no longer this one.
+	Check ObservedDecision
 }
 
 // FinishJob ends a job that owner still holds, in one transaction with the
-// record's transition (if any) and the outcome's outbox event. It returns
+// record's transition (if any), the outcome's outbox event and the check's
+// transition (if any). It returns
 // ErrLeaseLost when the job is no longer owner's; an error of the decision
 // is returned as it is and nothing is written.
 func (s *Store) FinishJob(ctx context.Context, j Job, owner string, o Outcome) (RecordChange, error) {
@@ -186,7 +194,19 @@ func (s *Store) FinishJob(ctx context.Context, j Job, owner string, o Outcome) (
 		if err != nil {
 			return fmt.Errorf("build outcome event of job %d: %w", j.ID, err)
 		}
-		_, err = insertEvent(ctx, q, ev)
+		if _, err = insertEvent(ctx, q, ev); err != nil || o.Check == nil {
+			return err
+		}
+		checked, err := s.applyDecision(ctx, q, j.GameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			active, err := activeJob(ctx, q, row.HostID, j.GameID)
+			if err != nil {
+				return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, err
+			}
+			return o.Check(cur, active, at)
+		})
+		if checked.Changed {
+			change = checked
+		}
 		return err
 	})
 	if err != nil {

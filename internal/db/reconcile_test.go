@@ -295,3 +295,59 @@ func TestListLiveRecords(t *testing.T) {
 		t.Errorf("live records of host-a: %v, want %v", got, want)
 	}
 }
+
+// TestFinishJobChecksAfterItsOutcome: a job's Check runs in the job's
+// commit, after its record change and its outcome event, sees no job in
+// progress (the job has just ended), and its change is a second event.
+// Outcomes with a Check are not batched.
+func TestFinishJobChecksAfterItsOutcome(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	if _, err := s.UpdateRecord(ctx, "g1", createRunning("c1")); err != nil {
+		t.Fatal(err)
+	}
+	restart, _, err := s.InsertJob(ctx, db.NewJob{HostID: "host-a", GameID: "g1", Kind: job.KindRestart})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.InsertJob(ctx, db.NewJob{HostID: "host-a", GameID: "g1", Kind: job.KindStop}); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := s.ClaimJobs(ctx, "host-a", "owner-1", 2, time.Minute)
+	if err != nil || len(claimed) != 1 || claimed[0].ID != restart.ID {
+		t.Fatalf("claim: %+v, %v; want the restart alone (the stop waits its turn)", claimed, err)
+	}
+	var checkSaw *outbox.ActiveJob
+	checked := false
+	o := db.Outcome{
+		Status: job.StatusSucceeded,
+		Record: func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			next, err := cur.Restart("c1", at, at)
+			return next, outbox.TransitionDetails{Reason: outbox.ReasonJobRestart, JobID: restart.ID}, err
+		},
+		Check: func(cur *runtime.RuntimeRecord, active *outbox.ActiveJob, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+			checkSaw, checked = active, true
+			code := 3
+			next, err := cur.Stop("c1", at)
+			return next, outbox.TransitionDetails{Reason: outbox.ReasonObservedDie, ExitCode: &code}, err
+		},
+	}
+	if _, err := s.FinishJobs(ctx, "owner-1", []db.Finish{{Job: claimed[0], Outcome: o}}); err == nil {
+		t.Fatal("an outcome with a check was batched")
+	}
+	ch, err := s.FinishJob(ctx, claimed[0], "owner-1", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !checked || checkSaw != nil || ch.Record.Status != runtime.StatusStopped {
+		t.Fatalf("check ran %v, saw job %+v; change %+v", checked, checkSaw, ch)
+	}
+	var got []string
+	for _, ev := range readEvents(t, s, 4)[1:] {
+		got = append(got, string(ev.Type))
+	}
+	if want := []string{"runtime.running", "job.succeeded", "runtime.stopped"}; !slices.Equal(got, want) {
+		t.Fatalf("events %v, want %v", got, want)
+	}
+}

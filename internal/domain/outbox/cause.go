@@ -33,8 +33,8 @@ func (r Reason) IsJob() bool {
 }
 
 // Step is a change of a record's current container that an observer (the
-// events watcher, a relist, a job's look after its commit) finds without
-// having made it.
+// events watcher, a relist, a job's look at its container when it commits)
+// finds without having made it.
 type Step int
 
 const (

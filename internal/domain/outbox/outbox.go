@@ -63,8 +63,9 @@
 // start, restart or image change started it, is reported observed_die.
 // When that die comes before the job's own change is recorded (the record
 // does not name the new container yet, or the die looks like a step of a
-// restart), the job looks at its container again just after its commit
-// and records the exit then, still as observed_die.
+// restart), the job looks at its container again when it commits, and
+// records the exit in the same transaction, after its change and its
+// outcome, still as observed_die.
 //
 // The limits, by design: the agent cannot tell a step a job asks for from
 // the same step happening on its own while the job is in progress (a step

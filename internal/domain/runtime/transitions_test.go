@@ -176,7 +176,9 @@ func TestTransitions(t *testing.T) {
 		{name: "restart running: a replayed earlier start", from: validRunning, unchanged: true,
 			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", t0, t0) }},
 		{name: "restart stopped: the new run has already ended", from: validStopped, unchanged: true,
-			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", t0.Add(1500*time.Millisecond), later) }},
+			op: func(r RuntimeRecord) (RuntimeRecord, error) {
+				return r.Restart("c1", t0.Add(1500*time.Millisecond), later)
+			}},
 		{name: "restart dated before its run", from: validRunning, wantErr: ErrInvalidTransition,
 			op: func(r RuntimeRecord) (RuntimeRecord, error) { return r.Restart("c1", later, later.Add(-time.Second)) }},
 		{name: "restart without run start", from: validRunning, wantErr: ErrInvalidTransition,
