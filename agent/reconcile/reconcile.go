@@ -31,9 +31,13 @@
 // is working on (its job in progress: running, or queued again for its next
 // attempt after a failure, a drain or its agent's death) or whose container
 // this agent's sweeper is removing: their writer commits the change itself,
-// under its own reason (see package outbox). Transitions are dated with the
-// daemon's own times (StartedAt, FinishedAt) so the watcher's duplicate
-// detection (event time not after the record's last_op_at) stays right.
+// under its own reason (see package outbox). A periodic pass also leaves
+// an exit or a start younger than Config.EventGrace to the events watcher,
+// so that a change no job asked for is reported as the event that tells it
+// (observed_*), not as a repair that raced the event. Transitions are
+// dated with the daemon's own times (StartedAt, FinishedAt) so the
+// watcher's duplicate detection (event time not after the record's
+// last_op_at) stays right.
 //
 // Orphans are reported once: the pass remembers the containers it reported
 // (per process), and the store writes the event only if no
@@ -68,6 +72,7 @@ import (
 const (
 	DefaultInterval    = 5 * time.Minute
 	DefaultOrphanGrace = 10 * time.Minute
+	DefaultEventGrace  = 5 * time.Second
 )
 
 // Config configures a Reconciler.
@@ -79,6 +84,13 @@ type Config struct {
 	// OrphanGrace is how long after its creation an orphaned container is
 	// removed; 0 means DefaultOrphanGrace, a negative value never removes.
 	OrphanGrace time.Duration
+	// EventGrace: a periodic pass leaves to the events watcher a container
+	// that started or exited less than this long ago, so that the change
+	// is reported as the event that tells it (observed_*), not as a
+	// repair; 0 means DefaultEventGrace, a negative value none. The other
+	// passes (at start, after a (re)subscription or an overflow: events
+	// may have been lost) repair at once.
+	EventGrace time.Duration
 	// Intents, when set, are the agent's own pending container
 	// operations: a record whose container the sweeper is removing is
 	// left to the sweeper, which commits the removal with reason cleanup.
@@ -100,7 +112,7 @@ type Report struct {
 	Orphans         int // containers no live record is bound to
 	OrphansReported int // container.orphaned events written by this pass
 	OrphansRemoved  int // orphaned containers removed
-	Skipped         int // left alone: ambiguous state, or a job at work
+	Skipped         int // left alone: ambiguous state, a job at work, or a fresh change left to its event
 
 	Duration time.Duration
 }
@@ -130,6 +142,9 @@ type Reconciler struct {
 func New(store *db.Store, eng engine.Engine, cfg Config) *Reconciler {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultInterval
+	}
+	if cfg.EventGrace == 0 {
+		cfg.EventGrace = DefaultEventGrace
 	}
 	if cfg.OrphanGrace == 0 {
 		cfg.OrphanGrace = DefaultOrphanGrace
@@ -165,7 +180,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		if _, err := r.Pass(ctx, reason); err != nil && ctx.Err() == nil {
 			r.log.Warn("reconcile pass failed", "reason", reason, "error", err)
 		}
-		reason = "periodic"
+		reason = PeriodicPass
 		select {
 		case <-ctx.Done():
 			return nil
@@ -173,6 +188,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// PeriodicPass is the reason of Run's passes after its first: they leave
+// fresh changes to the events watcher (see Config.EventGrace).
+const PeriodicPass = "periodic"
 
 // Pass runs one relist-and-repair pass. Concurrent calls run one after the
 // other. A repair that fails does not stop the others: the pass goes on and
@@ -185,7 +204,11 @@ func (r *Reconciler) Pass(ctx context.Context, reason string) (Report, error) {
 	defer r.mu.Unlock()
 	start := time.Now()
 	rep := Report{Reason: reason}
-	err := r.pass(ctx, &rep)
+	var grace time.Duration
+	if reason == PeriodicPass {
+		grace = r.cfg.EventGrace
+	}
+	err := r.pass(ctx, &rep, grace)
 	rep.Duration = time.Since(start)
 	span.SetAttributes(
 		attribute.Int("rtmanager.reconcile.records", rep.Records),
@@ -217,7 +240,7 @@ func (r *Reconciler) Pass(ctx context.Context, reason string) (Report, error) {
 
 var tracer = otel.Tracer("github.com/galaxy/rtmanager/agent/reconcile")
 
-func (r *Reconciler) pass(ctx context.Context, rep *Report) error {
+func (r *Reconciler) pass(ctx context.Context, rep *Report, grace time.Duration) error {
 	// Records first, containers second: see the package comment.
 	records, err := r.store.ListLiveRecords(ctx, r.cfg.HostID)
 	if err != nil {
@@ -247,7 +270,7 @@ func (r *Reconciler) pass(ctx context.Context, rep *Report) error {
 		if !needsRepair(rec, c, found) {
 			continue
 		}
-		kind, err := r.repair(ctx, rec)
+		kind, err := r.repair(ctx, rec, grace)
 		switch {
 		case err != nil:
 			errs = append(errs, err)
@@ -369,7 +392,11 @@ func daemonTime(t, at time.Time) time.Time {
 // game's lock (see db.Store.RepairRecord). If the job dies, its lease
 // expires and it runs again; once it has finished, a later pass sees the
 // game idle and repairs what is left.
-func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord) (outbox.Reason, error) {
+//
+// With a grace, an exit or a start Docker dates less than grace ago is left
+// for its event: the watcher reports it as observed_*, and a pass that
+// raced it would report the same change as a repair.
+func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord, grace time.Duration) (outbox.Reason, error) {
 	var reason outbox.Reason
 	ch, busy, err := r.store.RepairRecord(ctx, r.cfg.HostID, listed.GameID, func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		reason = ""
@@ -388,6 +415,9 @@ func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord) (
 			return *cur, outbox.TransitionDetails{}, nil
 		}
 		next, d, err := Decide(cur, ObservedFrom(c, found), at)
+		if grace > 0 && err == nil && r.fresh(d.Reason, c, grace) {
+			return *cur, outbox.TransitionDetails{}, nil
+		}
 		reason = d.Reason
 		return next, d, err
 	})
@@ -400,6 +430,21 @@ func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord) (
 	r.log.Info("record repaired", "game_id", listed.GameID, "container_id", listed.CurrentContainerID,
 		"reason", reason, "from", listed.Status, "to", ch.Record.Status)
 	return reason, nil
+}
+
+// fresh reports whether the change a repair of reason would report happened
+// less than grace ago, by the daemon's times of c.
+func (r *Reconciler) fresh(reason outbox.Reason, c engine.Container, grace time.Duration) bool {
+	var when time.Time
+	switch reason {
+	case outbox.ReasonReconcileExit:
+		when = c.FinishedAt
+	case outbox.ReasonReconcileStart:
+		when = c.StartedAt
+	default:
+		return false // a container gone leaves no time
+	}
+	return !when.IsZero() && r.now().Sub(when) < grace
 }
 
 // sweeping reports whether the sweeper of this agent is removing the

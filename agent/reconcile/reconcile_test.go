@@ -506,3 +506,40 @@ func TestNoOrphanReportOfAContainerGoneSinceTheListing(t *testing.T) {
 		t.Errorf("record %+v; want the sweeper's removal", got)
 	}
 }
+
+// TestPeriodicPassLeavesFreshChangesToTheirEvents: a periodic pass leaves an
+// exit or a start younger than the event grace to the events watcher (which
+// reports it as observed_*); any other pass, and a periodic pass once the
+// change is older, repairs it.
+func TestPeriodicPassLeavesFreshChangesToTheirEvents(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	exited := e.create("fresh-exit")
+	e.record(exited, runtime.StatusRunning)
+	e.start(exited)
+	revived := e.create("fresh-start")
+	e.record(revived, runtime.StatusStopped)
+	e.start(revived)
+	if _, err := e.raw.ContainerKill(e.ctx, exited.c.ID, client.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, time.Minute, "the container to exit", func() bool {
+		c, err := e.eng.InspectContainer(e.ctx, exited.c.ID)
+		return err == nil && c.State == "exited"
+	})
+	periodic := func(grace time.Duration) reconcile.Report {
+		t.Helper()
+		r := reconcile.New(e.store, e.eng, reconcile.Config{HostID: e.hostID, OrphanGrace: -1, EventGrace: grace, Logger: slog.New(slog.DiscardHandler)})
+		rep, err := r.Pass(e.ctx, reconcile.PeriodicPass)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	if rep := periodic(time.Hour); rep.Repairs() != 0 || rep.Skipped != 2 {
+		t.Fatalf("periodic pass within the grace: %+v; want both left to their events", rep)
+	}
+	if rep := periodic(time.Nanosecond); rep.Stopped != 1 || rep.Started != 1 {
+		t.Fatalf("periodic pass after the grace: %+v; want both repaired", rep)
+	}
+}
