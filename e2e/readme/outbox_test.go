@@ -13,6 +13,7 @@ import (
 
 	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
+	"github.com/galaxy/rtmanager/rtmclient"
 )
 
 // oldReadQuery is the README's read query before issue 13, kept as the
@@ -34,8 +35,9 @@ const maxBurn = 5_000_000
 // TestReadLoopAcrossPowerOfTen writes more waiting events than one page on
 // both sides of a power of ten of the transaction counter and reads them
 // with the README's read loop, statement for statement: every event comes
-// once, in (xid, id) order. The old query, read the same way, loses
-// events, which proves the test can see the bug.
+// once, in (xid, id) order, and so through rtmclient's consumer. The old
+// query, read the same way, loses events, which proves the test can see
+// the bug.
 func TestReadLoopAcrossPowerOfTen(t *testing.T) {
 	c := loadContract(t)
 	ctx := context.Background()
@@ -135,6 +137,36 @@ func TestReadLoopAcrossPowerOfTen(t *testing.T) {
 	got := c.newReader(ctx, conn, "game-master", read).drain(ctx, t, conn)
 	if lost, dup, disorder := compare(written, got); lost != 0 || dup != 0 || disorder {
 		t.Fatalf("the README's read loop across %d: lost %d of %d events, duplicated %d, out of order: %v\ngot %d events: %v …", boundary, lost, len(written), dup, disorder, len(got), got[:min(len(got), 5)])
+	}
+
+	// The Go client reads the same events the same way.
+	client, err := rtmclient.Connect(ctx, conn.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	consumer, err := client.Consumer(ctx, "go-client", rtmclient.ConsumerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var viaGo []event
+	for {
+		evs, err := consumer.Fetch(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, ev := range evs {
+			viaGo = append(viaGo, event{id: ev.ID, xid: ev.Xid, typ: string(ev.Type), gameID: ev.GameID})
+		}
+		if err := consumer.Ack(ctx, evs[len(evs)-1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if lost, dup, disorder := compare(written, viaGo); lost != 0 || dup != 0 || disorder {
+		t.Fatalf("rtmclient's consumer across %d: lost %d of %d events, duplicated %d, out of order: %v", boundary, lost, len(written), dup, disorder)
 	}
 }
 
