@@ -85,7 +85,7 @@ type StartPayload struct {
 // StopPayload stops a game.
 type StopPayload struct {
 	// TimeoutSeconds is how long the engine may take to exit after
-	// SIGTERM; nil takes the agent's default (30s).
+	// SIGTERM, 0..600; nil takes the agent's default (30s).
 	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
 }
 
@@ -226,8 +226,8 @@ func Validate(req JobRequest) (json.RawMessage, error) {
 	if req.Payload == nil {
 		return nil, invalid("payload", "is required: a StartPayload, StopPayload, ...")
 	}
-	if req.MaxAttempts < 0 || req.MaxAttempts > 100 {
-		return nil, invalid("max_attempts", "%d is outside 0..100 (0: the agent's default)", req.MaxAttempts)
+	if req.MaxAttempts < 0 || req.MaxAttempts > job.MaxAttemptsLimit {
+		return nil, invalid("max_attempts", "%d is outside 0..%d (0: the agent's default)", req.MaxAttempts, job.MaxAttemptsLimit)
 	}
 	if req.IdempotencyKey != "" && strings.TrimSpace(req.IdempotencyKey) == "" {
 		return nil, invalid("idempotency_key", "must not be blank")

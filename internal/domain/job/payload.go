@@ -264,9 +264,6 @@ func kindList() string {
 	return strings.Join(names, ", ")
 }
 
-// maxJSONDepth bounds nesting; the deepest valid payload has two levels.
-const maxJSONDepth = 8
-
 // decodeStrict decodes raw into the struct v points to, refusing what
 // encoding/json lets through: keys that match a field only when case is
 // ignored ("IMAGE_REF"), duplicate keys (other parsers would keep the
@@ -364,8 +361,8 @@ func shapeOf(t reflect.Type) *shape {
 // walkObject reads the members of an object whose '{' was consumed,
 // checking keys against sh (nil: only duplicates are checked).
 func walkObject(dec *json.Decoder, sh *shape, path string, depth int) error {
-	if depth > maxJSONDepth {
-		return fieldErr(fieldPath(path), ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", maxJSONDepth))
+	if depth > MaxJSONDepth {
+		return fieldErr(fieldPath(path), ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", MaxJSONDepth))
 	}
 	seen := map[string]bool{}
 	for dec.More() {
@@ -407,8 +404,8 @@ func walkValue(dec *json.Decoder, sh *shape, path string, depth int) error {
 	case json.Delim('{'):
 		return walkObject(dec, sh, path, depth+1)
 	case json.Delim('['):
-		if depth+1 > maxJSONDepth {
-			return fieldErr(path, ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", maxJSONDepth))
+		if depth+1 > MaxJSONDepth {
+			return fieldErr(path, ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", MaxJSONDepth))
 		}
 		for dec.More() {
 			if err := walkValue(dec, nil, path, depth+1); err != nil {

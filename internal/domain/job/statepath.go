@@ -6,13 +6,6 @@ import (
 	"strings"
 )
 
-// Bounds on a state directory: PATH_MAX leaves room for the root, and
-// NAME_MAX bounds one element.
-const (
-	maxStateDirBytes        = 1024
-	maxStateDirElementBytes = 255
-)
-
 // stateDirRule is the rule quoted in error messages.
 const stateDirRule = "state_dir is a relative path of elements made of letters, digits, '.', '_' and '-', " +
 	"not starting with '.' or '-'"
@@ -42,8 +35,8 @@ func ResolveStatePath(root, gameID, stateDir string) (string, error) {
 	switch {
 	case dir == "":
 		return bad("is empty")
-	case len(dir) > maxStateDirBytes:
-		return bad(fmt.Sprintf("is %d bytes long, over the limit of %d", len(dir), maxStateDirBytes))
+	case len(dir) > MaxStateDirBytes:
+		return bad(fmt.Sprintf("is %d bytes long, over the limit of %d", len(dir), MaxStateDirBytes))
 	case strings.IndexByte(dir, 0) >= 0:
 		return bad("contains a NUL byte")
 	case filepath.IsAbs(dir):
@@ -55,8 +48,8 @@ func ResolveStatePath(root, gameID, stateDir string) (string, error) {
 			// Harmless: Join cleans them away.
 		case elem == "..":
 			return bad(`contains a ".." element`)
-		case len(elem) > maxStateDirElementBytes:
-			return bad(fmt.Sprintf("has an element of %d bytes, over the limit of %d", len(elem), maxStateDirElementBytes))
+		case len(elem) > MaxStateDirElementBytes:
+			return bad(fmt.Sprintf("has an element of %d bytes, over the limit of %d", len(elem), MaxStateDirElementBytes))
 		case elem[0] == '.' || elem[0] == '-':
 			return bad(fmt.Sprintf("has element %s starting with %q", quote(elem), elem[0]))
 		default:
