@@ -78,7 +78,8 @@ type StartPayload struct {
 	// Limits are the container's limits.
 	Limits Limits `json:"limits,omitempty"`
 	// StateDir is the state directory relative to the agent's state
-	// root; empty means the game id.
+	// root, inside the game's own directory: empty (the game id), the
+	// game id, or the game id followed by a path below it ("g1/season-2").
 	StateDir string `json:"state_dir,omitempty"`
 }
 

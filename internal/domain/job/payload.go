@@ -29,7 +29,7 @@ type StartPayload struct {
 	// Limits are the container's resource limits; zeros take defaults.
 	Limits Limits `json:"limits,omitempty"`
 	// StateDir is the state directory relative to the policy's state
-	// root; empty means the game id.
+	// root: empty (the game id), the game id, or a path below it.
 	StateDir string `json:"state_dir,omitempty"`
 }
 
@@ -85,8 +85,9 @@ type Spec struct {
 	// ImageRef is the image to run, as written in the payload (start and
 	// change_image only).
 	ImageRef string
-	// StatePath is the absolute, clean host path of the state directory,
-	// strictly inside the state root (start only).
+	// StatePath is the absolute, clean host path of the state directory:
+	// the game's own directory under the state root or a directory inside
+	// it (start only).
 	StatePath string
 	// Env is the environment as sorted "NAME=value" entries (start and
 	// change_image only).
@@ -215,8 +216,9 @@ func (s Spec) Validate(p Policy) error {
 		if err := validateStateRoot(p.StateRoot); err != nil {
 			return err
 		}
-		if !insideRoot(p.StateRoot, s.StatePath) {
-			return fieldErr("state_dir", ErrStateDirOutsideRoot, fmt.Sprintf("state path %s is not a clean path strictly inside %s", quote(s.StatePath), quote(p.StateRoot)))
+		if !InsideGameDir(p.StateRoot, s.GameID, s.StatePath) {
+			return fieldErr("state_dir", ErrStateDirOutsideRoot, fmt.Sprintf("state path %s is not a clean path in the game's own directory %s",
+				quote(s.StatePath), quote(GameDir(p.StateRoot, s.GameID))))
 		}
 	} else if s.StatePath != "" {
 		return fieldErr("state_dir", ErrInvalidPayload, fmt.Sprintf("a %s job takes no state path", s.Kind))
