@@ -198,27 +198,28 @@ func normalize(raw []byte) []byte {
 // compare checks one job payload both ways: what the agent accepts, the
 // schema accepts; what the schema accepts and the agent refuses is one
 // of the listed exceptions. It returns the agent's verdict and the
-// exception that applied ("" for none).
-func compare(t testing.TB, kind, gameID string, raw []byte) (agentErr error, exception string, ok bool) {
+// exception that applied ("" for none); ok is false when it reported a
+// failure.
+func compare(t testing.TB, kind, gameID string, raw []byte) (exception string, ok bool, agentErr error) {
 	t.Helper()
 	agentErr = agentDecode(kind, gameID, raw)
 	if !job.Kind(kind).IsKnown() {
-		return agentErr, "", agentErr != nil
+		return "", agentErr != nil, agentErr
 	}
 	schemaErr := validateRaw(t, contract.JobPayloadFile(kind), normalize(raw))
 	switch {
 	case agentErr == nil && schemaErr != nil:
 		t.Errorf("%s payload %q for game %q: the agent accepts it, the schema refuses it: %v", kind, truncate(raw), gameID, schemaErr)
-		return agentErr, "", false
+		return "", false, agentErr
 	case agentErr != nil && schemaErr == nil:
 		exception = classify(agentErr)
 		if exception == "" {
 			t.Errorf("%s payload %q for game %q: the schema accepts it, the agent refuses it (%v), and no listed exception explains it",
 				kind, truncate(raw), gameID, agentErr)
-			return agentErr, "", false
+			return "", false, agentErr
 		}
 	}
-	return agentErr, exception, true
+	return exception, true, agentErr
 }
 
 func truncate(raw []byte) string {

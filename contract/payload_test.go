@@ -49,7 +49,7 @@ func loadSamples(t testing.TB) []sample {
 // schema's is the same unless exception names why not.
 func checkSample(t *testing.T, s sample) {
 	t.Helper()
-	agentErr, exception, ok := compare(t, s.Kind, s.GameID, s.Payload)
+	exception, ok, agentErr := compare(t, s.Kind, s.GameID, s.Payload)
 	if !ok {
 		return
 	}
@@ -166,7 +166,7 @@ func TestPayloadExceptions(t *testing.T) {
 		{"state_dir of another game", "start", `{` + img + `, "state_dir": "g2/saves"}`, exStateDirGame},
 	}
 	for _, c := range cases {
-		agentErr, exception, ok := compare(t, c.kind, "g1", []byte(c.payload))
+		exception, ok, agentErr := compare(t, c.kind, "g1", []byte(c.payload))
 		if ok && exception != c.exception {
 			t.Errorf("%s: exception %q, want %q (agent: %v)", c.name, exception, c.exception, agentErr)
 		}
@@ -265,7 +265,7 @@ func TestPayloadMutations(t *testing.T) {
 		if rng.IntN(10) == 0 {
 			kind = string(job.AllKinds()[rng.IntN(len(job.AllKinds()))])
 		}
-		agentErr, exception, ok := compare(t, kind, s.GameID, raw)
+		exception, ok, agentErr := compare(t, kind, s.GameID, raw)
 		if !ok {
 			continue
 		}
