@@ -45,9 +45,11 @@ test-disruptive: ## tests that restart the local dockerd (make test runs them un
 # input on a loaded machine. About 15 s each here.
 FUZZ_DECODE ?= 300000x
 FUZZ_MAP    ?= 120000x
+FUZZ_CONTRACT ?= 40000x
 
-fuzz: ## run the job-payload and event-mapping fuzzers for a bounded number of inputs (CI runs it after make test)
+fuzz: ## run the job-payload, contract and event-mapping fuzzers for a bounded number of inputs (CI runs it after make test)
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_DECODE) ./internal/domain/job/
+	$(GO) test -run '^$$' -fuzz '^FuzzPayload$$' -fuzztime $(FUZZ_CONTRACT) ./contract/
 	$(GO) test -run '^$$' -fuzz '^FuzzMap$$' -fuzztime $(FUZZ_MAP) ./agent/watcher/
 
 bench: ## run the benchmarks and print their figures as one table, then the fleet simulation

@@ -78,14 +78,15 @@ type StartPayload struct {
 	// Limits are the container's limits.
 	Limits Limits `json:"limits,omitempty"`
 	// StateDir is the state directory relative to the agent's state
-	// root; empty means the game id.
+	// root, inside the game's own directory: empty (the game id), the
+	// game id, or the game id followed by a path below it ("g1/season-2").
 	StateDir string `json:"state_dir,omitempty"`
 }
 
 // StopPayload stops a game.
 type StopPayload struct {
 	// TimeoutSeconds is how long the engine may take to exit after
-	// SIGTERM; nil takes the agent's default (30s).
+	// SIGTERM, 0..600; nil takes the agent's default (30s).
 	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
 }
 
@@ -226,8 +227,8 @@ func Validate(req JobRequest) (json.RawMessage, error) {
 	if req.Payload == nil {
 		return nil, invalid("payload", "is required: a StartPayload, StopPayload, ...")
 	}
-	if req.MaxAttempts < 0 || req.MaxAttempts > 100 {
-		return nil, invalid("max_attempts", "%d is outside 0..100 (0: the agent's default)", req.MaxAttempts)
+	if req.MaxAttempts < 0 || req.MaxAttempts > job.MaxAttemptsLimit {
+		return nil, invalid("max_attempts", "%d is outside 0..%d (0: the agent's default)", req.MaxAttempts, job.MaxAttemptsLimit)
 	}
 	if req.IdempotencyKey != "" && strings.TrimSpace(req.IdempotencyKey) == "" {
 		return nil, invalid("idempotency_key", "must not be blank")
