@@ -1,0 +1,3 @@
+DROP TRIGGER IF EXISTS jobs_notify_cancel ON jobs;
+DROP INDEX IF EXISTS jobs_cancel_requested_idx;
+DROP INDEX IF EXISTS jobs_due_idx;
