@@ -97,9 +97,12 @@ type Config struct {
 	// PollInterval is how often the queue is polled when no wake-up came
 	// (default 1s; with UseListen it is only a safety net).
 	PollInterval time.Duration
-	// UseListen wakes the worker on insert through LISTEN rtm_jobs. It
-	// needs a session connection: set it false behind a transaction pooler
-	// such as PgBouncer in transaction mode, and rely on polling.
+	// UseListen wakes the worker through LISTEN rtm_jobs when a job of
+	// its host is inserted or a queued one's cancel is asked for. It needs
+	// a session connection: set it false behind a transaction pooler such
+	// as PgBouncer in transaction mode, and rely on polling. Either way a
+	// job the worker has seen queued runs when it falls due (a timer), not
+	// at the next poll.
 	UseListen bool
 	// Policy validates every job before it reaches the executor.
 	Policy job.Policy
@@ -304,13 +307,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer poll.Stop()
 	rescue := time.NewTicker(cfg.RescueInterval)
 	defer rescue.Stop()
+	// due fires when the host's next job that is not yet due falls due;
+	// every claim re-arms it (see claim).
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
+	again := false
 	for ctx.Err() == nil {
 		w.rescueIfDue(ctx)
-		w.claim(ctx)
+		if again = w.claim(ctx, due, again); again {
+			continue
+		}
 		select {
 		case <-ctx.Done():
 		case <-w.wake:
 		case <-poll.C:
+		case <-due.C:
 		case <-rescue.C:
 			w.rescue(ctx)
 		}
@@ -323,29 +335,76 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// claim fills the free slots. When every slot was filled more jobs may be
-// due, so it wakes the loop again; otherwise the queue has nothing due
-// and the loop waits for a notification, a finish or the poll.
-func (w *Worker) claim(ctx context.Context) {
+// claim runs the claim statement (db.Store.Claim): it fills the free
+// slots, cancels the queued jobs whose cancel was asked for, and arms due
+// for the next job that is not yet due, so that a scheduled job (or a
+// retry after its backoff) is claimed when it falls due rather than at the
+// next poll. It reports whether there may be more to do at once: every
+// free slot was filled, or a cancel let a game's next job through.
+//
+// With every slot taken it still runs the statement, claiming nothing, to
+// see cancel requests and the next due time at once, except when the loop
+// is only looking again after a claim of its own (again): then nothing new
+// can have arrived, and a freed slot wakes the loop anyway.
+func (w *Worker) claim(ctx context.Context, due *time.Timer, again bool) bool {
 	w.mu.Lock()
-	free := w.cfg.Concurrency - len(w.inflight)
+	free := max(w.cfg.Concurrency-len(w.inflight), 0)
 	w.mu.Unlock()
-	if free <= 0 {
-		return
+	if free == 0 && again {
+		return false
 	}
 	sent := time.Now()
-	jobs, err := w.store.ClaimJobs(ctx, w.cfg.HostID, w.cfg.Owner, free, w.cfg.LeaseDuration)
+	c, err := w.store.Claim(ctx, w.cfg.HostID, w.cfg.Owner, free, w.cfg.LeaseDuration)
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Warn("claiming jobs failed; retrying at the next poll", "host_id", w.cfg.HostID, "err", err)
 		}
-		return
+		return false
 	}
-	w.start(jobs, sent, time.Now())
-	if len(jobs) == free {
-		// There may be more due jobs: look again without waiting.
-		w.signal()
+	w.start(c.Jobs, sent, time.Now())
+	// NextDue is counted from the statement's start on the database's
+	// clock; counting it from now errs on the late side by a round trip,
+	// never early.
+	if c.NextDue > 0 {
+		due.Reset(c.NextDue)
+	} else {
+		due.Stop()
 	}
+	more := free > 0 && len(c.Jobs) == free
+	if len(c.CancelIDs) > 0 && w.cancelRequested(ctx, c.CancelIDs) {
+		more = true
+	}
+	return more
+}
+
+// cancelRequested cancels queued jobs whose cancel the Game Master asked
+// for (cancel_requested_at), each in a transaction of its own that takes
+// the game's lock before its first write and appends the job.cancelled
+// event: the same path as rtmclient.CancelJob. A job claimed or finished
+// meanwhile (by another worker of the host, or the Game Master's client)
+// is left to whoever has it. It reports whether the loop should look
+// again: a job was cancelled (its game's next job may now be due) or the
+// list was full.
+func (w *Worker) cancelRequested(ctx context.Context, ids []int64) bool {
+	more := false
+	for _, id := range ids {
+		j, err := w.store.CancelJob(ctx, id)
+		switch {
+		case errors.Is(err, db.ErrJobFinished), errors.Is(err, db.ErrJobNotFound):
+			continue
+		case err != nil:
+			if ctx.Err() == nil {
+				w.log.Warn("cancelling a job on request failed; retrying at the next poll", "job_id", id, "err", err)
+			}
+			return false
+		case j.Status == job.StatusCancelled:
+			more = true
+			w.cancelled.Add(1)
+			w.metrics.outcome(kindAttr(j.Kind), string(job.StatusCancelled))
+			w.log.Info("job cancelled on request before it ran", "job_id", j.ID, "game_id", j.GameID, "kind", j.Kind, "run_after", j.RunAfter)
+		}
+	}
+	return more || len(ids) >= db.MaxCancels
 }
 
 // start registers claimed jobs and runs each on its own goroutine. All of
