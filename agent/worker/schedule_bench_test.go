@@ -166,4 +166,3 @@ func reportLateness(b *testing.B, late []time.Duration) {
 	b.ReportMetric(ms(late[len(late)-1]), "max-ms")
 	b.ReportMetric(0, "ns/op")
 }
-
