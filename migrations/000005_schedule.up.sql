@@ -26,3 +26,11 @@ CREATE TRIGGER jobs_notify_cancel AFTER UPDATE OF cancel_requested_at ON jobs
           AND NEW.cancel_requested_at IS NOT NULL
           AND OLD.cancel_requested_at IS DISTINCT FROM NEW.cancel_requested_at)
     EXECUTE FUNCTION rtm_jobs_notify();
+
+-- run_after must be a time: a job due at -infinity could not be read into
+-- the agent (its claim failed for the whole host), and one due at infinity
+-- cannot be counted down to. Rows written before keep their meaning: due
+-- at once, or at the latest time PostgreSQL knows.
+UPDATE jobs SET run_after = created_at WHERE run_after = '-infinity';
+UPDATE jobs SET run_after = '294276-12-31 23:59:59.999999+00' WHERE run_after = 'infinity';
+ALTER TABLE jobs ADD CONSTRAINT jobs_run_after_finite CHECK (isfinite(run_after));

@@ -120,9 +120,9 @@ type Claim struct {
 	// Jobs are the claimed jobs, now running under the owner's lease.
 	Jobs []Job
 	// NextDue is how long from the statement until the host's earliest
-	// job that is not yet due (and heads its game's line) falls due; 0
-	// when there is none. It is measured on the database's clock, so a
-	// timer armed with it is not thrown off by the agent's clock.
+	// job that is not yet due (and heads its game's line) falls due, at
+	// most a day; 0 when there is none. It is measured on the database's
+	// clock, so a timer armed with it is not thrown off by the agent's.
 	NextDue time.Duration
 	// CancelIDs are queued jobs of the host whose cancel was asked for
 	// (cancel_requested_at set by the Game Master), whatever their

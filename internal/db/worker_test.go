@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 )
@@ -188,5 +190,29 @@ func TestCancelRequestNotifiesTheHost(t *testing.T) {
 	}
 	if j, err := s.GetJob(ctx, queued.ID); err != nil || j.Status != job.StatusQueued || j.CancelRequestedAt == nil {
 		t.Fatalf("the trigger only notifies; the agent cancels: %+v, %v", j, err)
+	}
+}
+
+// TestRunAfterIsATime: PostgreSQL refuses a run_after of ±infinity (a
+// claim could not read the one, nor count down to the other), and a job
+// due centuries ahead gives a next due time of at most a day, which a Go
+// duration holds.
+func TestRunAfterIsATime(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	for _, v := range []string{"infinity", "-infinity"} {
+		_, err := s.Pool().Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind, run_after) VALUES ('host-a', 'g1', 'stop', $1::timestamptz)`, v)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23514" || pgErr.ConstraintName != "jobs_run_after_finite" {
+			t.Fatalf("run_after %s: %v; want a check violation of jobs_run_after_finite", v, err)
+		}
+	}
+	if _, err := s.Pool().Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind, run_after) VALUES ('host-a', 'g1', 'stop', now() + interval '1000 years')`); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Claim(ctx, "host-a", "owner-1", 10, time.Minute)
+	if err != nil || len(c.Jobs) != 0 || c.NextDue != 24*time.Hour {
+		t.Fatalf("claim: %+v, %v; want nothing claimed and a next due time of 24h", c, err)
 	}
 }

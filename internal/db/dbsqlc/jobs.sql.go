@@ -42,7 +42,7 @@ claimed AS (
 queue AS (
     SELECT
         coalesce((
-         SELECT ceil(extract(epoch FROM n.run_after - now()) * 1000000)::bigint
+         SELECT ceil(extract(epoch FROM least(n.run_after, now() + interval '1 day') - now()) * 1000000)::bigint
          FROM jobs n
          WHERE n.host_id = $1
            AND n.status = 'queued'
@@ -109,8 +109,10 @@ type ClaimJobsRow struct {
 //
 // In the same statement (so an idle poll stays one statement) it reports
 // what the agent needs to wait well: next_due_in_us, how long from now
-// (microseconds, at least 1) until the earliest job not yet due that heads
-// its game's line falls due, 0 when there is none, for a timer; and cancel_ids, queued jobs of the host whose cancel was asked
+// (microseconds, at least 1, at most a day: the agent polls more often
+// than that, and a Go duration ends at 292 years) until the earliest job
+// not yet due that heads its game's line falls due, 0 when there is none,
+// for a timer; and cancel_ids, queued jobs of the host whose cancel was asked
 // for, whatever their run_after or place in line, for the agent to cancel
 // at once. Both read the statement's snapshot, taken before the claim: a
 // job claimed here still counts as unfinished and so still holds back its
