@@ -131,10 +131,10 @@ func benchRawLateness(b *testing.B) {
 	var late []time.Duration
 	b.ResetTimer()
 	for i := range b.N {
-		// The offsets count from the insert statement's start: take the
-		// local time before sending it, as the worker counts its timer
-		// from before the claim's round trip would (it errs late instead,
-		// by one claim: see Worker.claim).
+		// The offsets count from the insert statement's start (its
+		// now()): take the local time before sending it. (The worker
+		// counts from after its claim returns: late by a round trip,
+		// never early.)
 		t0 := time.Now()
 		due := insertScheduled(b, s, i)
 		slices.Sort(due)
@@ -164,5 +164,5 @@ func reportLateness(b *testing.B, late []time.Duration) {
 	b.ReportMetric(ms(late[len(late)/2]), "p50-ms")
 	b.ReportMetric(ms(late[min(len(late)-1, len(late)*99/100)]), "p99-ms")
 	b.ReportMetric(ms(late[len(late)-1]), "max-ms")
-	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(0, "ns/op") // the time of an iteration is the schedule's, not ours
 }
