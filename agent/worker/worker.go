@@ -396,7 +396,7 @@ func (w *Worker) cancelRequested(ctx context.Context, ids []int64) bool {
 			if ctx.Err() == nil {
 				w.log.Warn("cancelling a job on request failed; retrying at the next poll", "job_id", id, "err", err)
 			}
-			return false
+			return more
 		case j.Status == job.StatusCancelled:
 			more = true
 			w.cancelled.Add(1)
