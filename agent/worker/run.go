@@ -128,8 +128,8 @@ func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempt
 	w.retried.Add(1)
 	w.metrics.outcome(kindAttr(j.Kind), "retried")
 	log.Warn("job attempt failed; retrying", "retry_in", delay, "max_attempts", maxAttempts, "err", err)
-	// No notification comes when the retry becomes due.
-	time.AfterFunc(delay, w.signal)
+	// No notification comes when the retry becomes due: the claim that
+	// follows this job's end sees its new run_after and arms the timer.
 }
 
 // finish records a final outcome and reports whether it committed. On a

@@ -97,9 +97,12 @@ type Config struct {
 	// PollInterval is how often the queue is polled when no wake-up came
 	// (default 1s; with UseListen it is only a safety net).
 	PollInterval time.Duration
-	// UseListen wakes the worker on insert through LISTEN rtm_jobs. It
-	// needs a session connection: set it false behind a transaction pooler
-	// such as PgBouncer in transaction mode, and rely on polling.
+	// UseListen wakes the worker through LISTEN rtm_jobs when a job of
+	// its host is inserted or a queued one's cancel is asked for. It needs
+	// a session connection: set it false behind a transaction pooler such
+	// as PgBouncer in transaction mode, and rely on polling. Either way a
+	// job the worker has seen queued runs when it falls due (a timer), not
+	// at the next poll.
 	UseListen bool
 	// Policy validates every job before it reaches the executor.
 	Policy job.Policy
@@ -304,13 +307,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer poll.Stop()
 	rescue := time.NewTicker(cfg.RescueInterval)
 	defer rescue.Stop()
+	// due fires when the host's next job that is not yet due falls due;
+	// every claim re-arms it (see claim).
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
+	again := false
 	for ctx.Err() == nil {
 		w.rescueIfDue(ctx)
-		w.claim(ctx)
+		if again = w.claim(ctx, due, again); again {
+			continue
+		}
 		select {
 		case <-ctx.Done():
 		case <-w.wake:
 		case <-poll.C:
+		case <-due.C:
 		case <-rescue.C:
 			w.rescue(ctx)
 		}
@@ -321,31 +333,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	bgWG.Wait()
 	w.log.Info("job worker stopped", "host_id", cfg.HostID, "owner", cfg.Owner)
 	return nil
-}
-
-// claim fills the free slots. When every slot was filled more jobs may be
-// due, so it wakes the loop again; otherwise the queue has nothing due
-// and the loop waits for a notification, a finish or the poll.
-func (w *Worker) claim(ctx context.Context) {
-	w.mu.Lock()
-	free := w.cfg.Concurrency - len(w.inflight)
-	w.mu.Unlock()
-	if free <= 0 {
-		return
-	}
-	sent := time.Now()
-	jobs, err := w.store.ClaimJobs(ctx, w.cfg.HostID, w.cfg.Owner, free, w.cfg.LeaseDuration)
-	if err != nil {
-		if ctx.Err() == nil {
-			w.log.Warn("claiming jobs failed; retrying at the next poll", "host_id", w.cfg.HostID, "err", err)
-		}
-		return
-	}
-	w.start(jobs, sent, time.Now())
-	if len(jobs) == free {
-		// There may be more due jobs: look again without waiting.
-		w.signal()
-	}
 }
 
 // start registers claimed jobs and runs each on its own goroutine. All of
