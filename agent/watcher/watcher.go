@@ -30,11 +30,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -194,7 +194,7 @@ func (w *Watcher) count(f func(*Stats)) {
 
 // Run follows the events until ctx is done, then returns nil.
 func (w *Watcher) Run(ctx context.Context) error {
-	bo := backoff{min: w.cfg.MinBackoff, max: w.cfg.MaxBackoff}
+	bo := newBackoff(w.cfg.MinBackoff, w.cfg.MaxBackoff)
 	for first := true; ; first = false {
 		if !first {
 			w.count(func(s *Stats) { s.Reconnects++ })
@@ -206,9 +206,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		}
 		if healthy {
-			bo.reset()
+			bo.Reset()
 		}
-		delay := bo.next()
+		delay := bo.NextBackOff()
 		w.count(func(s *Stats) { s.Errors++ })
 		w.log.Warn("docker events disconnected", "error", err, "retry_in", delay)
 		t := time.NewTimer(delay)
@@ -522,21 +522,15 @@ func intentActions(action string) []intent.Action {
 	return nil
 }
 
-// backoff is a capped exponential backoff with jitter: each wait is drawn
-// from [d/2, d] where d doubles from min up to max.
-type backoff struct {
-	min, max time.Duration
-	cur      time.Duration
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(b.cur*2, b.max)
+// newBackoff returns the resubscription backoff: a capped exponential
+// backoff with jitter whose waits stay within [lo/2, hi]. The interval d
+// doubles from lo up to hi and each wait is drawn from [d/2, d], which
+// backoff/v5 expresses as 3d/4 randomised by ±1/3.
+func newBackoff(lo, hi time.Duration) *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{
+		InitialInterval:     max(lo*3/4, 1),
+		RandomizationFactor: 1.0 / 3,
+		Multiplier:          2,
+		MaxInterval:         max(hi*3/4, 1),
 	}
-	half := b.cur / 2
-	return half + rand.N(b.cur-half+1)
 }
