@@ -34,7 +34,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -48,6 +47,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
+	"github.com/galaxy/rtmanager/internal/retry"
 )
 
 // Defaults for zero Config fields.
@@ -194,7 +194,7 @@ func (w *Watcher) count(f func(*Stats)) {
 
 // Run follows the events until ctx is done, then returns nil.
 func (w *Watcher) Run(ctx context.Context) error {
-	bo := newBackoff(w.cfg.MinBackoff, w.cfg.MaxBackoff)
+	bo := retry.Backoff(w.cfg.MinBackoff, w.cfg.MaxBackoff)
 	for first := true; ; first = false {
 		if !first {
 			w.count(func(s *Stats) { s.Reconnects++ })
@@ -520,17 +520,4 @@ func intentActions(action string) []intent.Action {
 		return []intent.Action{intent.Remove, intent.Cleanup}
 	}
 	return nil
-}
-
-// newBackoff returns the resubscription backoff: a capped exponential
-// backoff with jitter whose waits stay within [lo/2, hi]. The interval d
-// doubles from lo up to hi and each wait is drawn from [d/2, d], which
-// backoff/v5 expresses as 3d/4 randomised by ±1/3.
-func newBackoff(lo, hi time.Duration) *backoff.ExponentialBackOff {
-	return &backoff.ExponentialBackOff{
-		InitialInterval:     max(lo*3/4, 1),
-		RandomizationFactor: 1.0 / 3,
-		Multiplier:          2,
-		MaxInterval:         max(hi*3/4, 1),
-	}
 }

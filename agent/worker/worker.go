@@ -29,6 +29,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/retry"
 )
 
 // Task is one attempt of a validated job, as an Executor sees it.
@@ -526,20 +527,20 @@ func (w *Worker) loseLease(r *running, why string) {
 // claim loop on notifications for this host. It reconnects with backoff;
 // polling covers the gaps.
 func (w *Worker) listen(ctx context.Context) {
-	delay := 100 * time.Millisecond
+	bo := retry.Backoff(100*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
 		err := w.listenOnce(ctx)
 		w.listening.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
+		delay := bo.NextBackOff()
 		w.log.Warn("job notifications interrupted; polling until reconnected", "retry_in", delay, "err", err)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(delay):
 		}
-		delay = min(delay*2, 10*time.Second)
 	}
 }
 
