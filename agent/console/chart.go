@@ -87,7 +87,7 @@ func buildChart(title string, since, now time.Time, ss []series) chart {
 			c.Bars = append(c.Bars, bar{X: x, Y: y, W: max1(slot - 1), H: h, Fill: s.fill,
 				Title: fmt.Sprintf("%s UTC: %d %s", m.Format("15:04"), v, s.name)})
 		}
-		if m.Minute()%30 == 0 && (n <= 6*60 || m.Minute() == 0) {
+		if m.Minute()%30 == 0 && (n <= 6*60 || m.Minute() == 0) && x < chartWidth-24 {
 			c.Ticks = append(c.Ticks, tick{X: x, Label: m.Format("15:04")})
 		}
 	}
@@ -131,19 +131,19 @@ func eventsChart(rows []dbsqlc.ConsoleEventsPerMinuteRow, since, now time.Time) 
 }
 
 // niceCeil rounds a chart's maximum up to 1, 2 or 5 times a power of ten
-// (at least 4, so that the grid's quarters are whole numbers).
+// (at least 4, and even, so that the grid's middle line is a whole number).
 func niceCeil(v int64) int64 {
 	if v <= 4 {
 		return 4
 	}
 	for p := int64(1); ; p *= 10 {
 		for _, m := range []int64{1, 2, 5} {
-			if m*p >= v && (m*p)%4 == 0 {
+			if m*p >= v && (m*p)%2 == 0 {
 				return m * p
 			}
 		}
 		if p > v {
-			return ((v + 3) / 4) * 4
+			return v + v%2
 		}
 	}
 }

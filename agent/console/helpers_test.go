@@ -28,7 +28,6 @@ func (s *syncBuffer) String() string {
 
 func newLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 
-
 func jsonString(s string) string {
 	b, err := json.Marshal(s)
 	if err != nil {
