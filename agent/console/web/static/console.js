@@ -16,7 +16,9 @@
   var timer = null;
   var inflight = false;
   var again = false;
-  var debounce = (kind === 'game' || kind === 'job') ? 250 : 800;
+  // A game's page follows its events closely; the fleet page (a scan of
+  // every record) at most every few seconds.
+  var debounce = { game: 250, job: 250, games: 1000, jobs: 1000, activity: 2000, fleet: 3000 }[kind] || 1000;
 
   function typing() {
     var a = document.activeElement;
