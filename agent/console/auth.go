@@ -215,6 +215,7 @@ func (s *Server) retryJob(w http.ResponseWriter, r *http.Request) {
 // token, logs it with who asked, and redirects to the job it touched.
 func (s *Server) act(w http.ResponseWriter, r *http.Request, action string, do func(id int64) (redirect, outcome string, err error)) {
 	if !s.opts.Actions {
+		s.log.Warn("console: action refused: actions are disabled", "action", action, "job", r.PathValue("id"), "remote", r.RemoteAddr)
 		s.errorPage(w, r, http.StatusForbidden, "actions are disabled: this console is read-only (start it with --console-actions)")
 		return
 	}
