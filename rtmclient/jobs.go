@@ -315,3 +315,23 @@ func (c *Client) CancelJob(ctx context.Context, id int64) (Job, error) {
 	}
 	return jobOf(j), nil
 }
+
+// RetryJob enqueues a copy of a failed or cancelled job (same host, game,
+// kind, payload and maximum attempts; no idempotency key) and returns the
+// new job: what `rtmanager jobs retry` and the console's retry do. errors.Is
+// ErrNotFound for an unknown id, ErrJobNotRetryable for a job in another
+// status, ErrInvalidJob for a payload that would be refused today.
+func (c *Client) RetryJob(ctx context.Context, id int64) (Job, error) {
+	old, err := c.GetJob(ctx, id)
+	if err != nil {
+		return Job{}, err
+	}
+	if old.Status != JobFailed && old.Status != JobCancelled {
+		return Job{}, &wrapped{err: fmt.Errorf("job %d is %s: only failed or cancelled jobs are retried", id, old.Status), sentinel: ErrJobNotRetryable}
+	}
+	j, _, err := c.Enqueue(ctx, c.pool, JobRequest{
+		HostID: old.HostID, GameID: old.GameID, MaxAttempts: old.MaxAttempts,
+		Payload: RawPayload{JobKind: old.Kind, JSON: old.Payload},
+	})
+	return j, err
+}
