@@ -9,10 +9,10 @@ TEST_FLAGS ?= -race -count=1 -timeout 25m
 BENCH     ?= .
 BENCHTIME ?= 2s
 
-.PHONY: help build image generate check-generated vet test test-disruptive fuzz bench demo clean
+.PHONY: help build image generate check-generated vet test test-disruptive test-docker-current fuzz bench demo clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 build: ## build bin/rtmanager
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/rtmanager ./agent
@@ -37,17 +37,34 @@ test: vet check-generated ## vet, generated-code check, and all tests with the r
 	$(GO) test $(TEST_FLAGS) ./...
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory test-disruptive; fi
 
-test-disruptive: ## tests that restart the local dockerd (make test runs them under CI only)
+test-disruptive: ## tests that restart the dockerd behind DOCKER_HOST (make test runs them under CI only)
 	RTM_TEST_RESTART_DOCKERD=1 $(GO) test $(TEST_FLAGS) -p 1 -run '^(TestDaemonRestart|TestDockerdRestart)$$' ./agent/watcher/ ./e2e/faults/
+
+# The packages whose tests talk to Docker, run again against a current
+# Docker Engine; those that build, import or pull images run once more with
+# its containerd image store.
+DOCKER_CURRENT    ?= scripts/docker-current.sh
+DOCKER_TEST_PKGS  := ./agent/engine/ ./agent/executor/ ./agent/watcher/ ./agent/reconcile/ ./agent/sweeper/ \
+	./agent/app/ ./agent/cli/ ./internal/engineimage/ ./internal/testutil/dockerd/ ./deploy/ ./e2e/...
+IMAGE_TEST_PKGS   := ./agent/engine/ ./internal/engineimage/ ./agent/executor/ ./deploy/
+
+test-docker-current: ## the Docker tests (restarts included) against a current Docker beside the system's (root; CI runs it)
+	host=$$(RTM_DOCKER_CURRENT_IMAGE_STORE=containerd $(DOCKER_CURRENT)) && \
+		DOCKER_HOST=$$host $(GO) test $(TEST_FLAGS) $(IMAGE_TEST_PKGS)
+	host=$$($(DOCKER_CURRENT)) && \
+		DOCKER_HOST=$$host $(GO) test $(TEST_FLAGS) $(DOCKER_TEST_PKGS) && \
+		DOCKER_HOST=$$host $(MAKE) --no-print-directory test-disruptive
 
 # Counts, not durations: with a duration Go's fuzzer can fail with
 # "context deadline exceeded" when the time runs out in the middle of an
 # input on a loaded machine. About 15 s each here.
 FUZZ_DECODE ?= 300000x
 FUZZ_MAP    ?= 120000x
+FUZZ_CONTRACT ?= 40000x
 
-fuzz: ## run the job-payload and event-mapping fuzzers for a bounded number of inputs (CI runs it after make test)
+fuzz: ## run the job-payload, contract and event-mapping fuzzers for a bounded number of inputs (CI runs it after make test)
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_DECODE) ./internal/domain/job/
+	$(GO) test -run '^$$' -fuzz '^FuzzPayload$$' -fuzztime $(FUZZ_CONTRACT) ./contract/
 	$(GO) test -run '^$$' -fuzz '^FuzzMap$$' -fuzztime $(FUZZ_MAP) ./agent/watcher/
 
 bench: ## run the benchmarks and print their figures as one table, then the fleet simulation

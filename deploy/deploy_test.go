@@ -72,6 +72,12 @@ func TestContainerImageRunsTheAgent(t *testing.T) {
 	if !strings.HasPrefix(socketDir, "/") {
 		t.Skip("the test database is not on a Unix socket (RTM_TEST_DATABASE_URL); the container cannot reach it")
 	}
+	// The daemon the test talks to (DOCKER_HOST), mounted where the agent
+	// in the container looks by default.
+	dockerSocket, ok := strings.CutPrefix(cli.DaemonHost(), "unix://")
+	if !ok {
+		t.Skipf("the Docker daemon (%s) is not on a Unix socket; the container cannot reach it", cli.DaemonHost())
+	}
 
 	bin := agentbin.Build(t)
 	dockerfile, err := os.ReadFile("container/Dockerfile")
@@ -106,7 +112,7 @@ func TestContainerImageRunsTheAgent(t *testing.T) {
 			},
 		},
 		HostConfig: &container.HostConfig{Mounts: []mount.Mount{
-			{Type: mount.TypeBind, Source: "/var/run/docker.sock", Target: "/var/run/docker.sock"},
+			{Type: mount.TypeBind, Source: dockerSocket, Target: "/var/run/docker.sock"},
 			{Type: mount.TypeBind, Source: socketDir, Target: socketDir},
 			{Type: mount.TypeBind, Source: stateRoot, Target: stateRoot},
 		}},

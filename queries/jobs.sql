@@ -19,13 +19,29 @@ SELECT * FROM jobs WHERE id = $1;
 -- name: ClaimJobs :many
 -- Claims, for one host, up to max_jobs queued jobs that are due and at the
 -- head of their game's line (no earlier unfinished job of the same game), so
--- the jobs of one game run one at a time in insertion order.
+-- the jobs of one game run one at a time in insertion order. A job whose
+-- cancel was asked for is never claimed: it is listed instead.
+--
+-- In the same statement (so an idle poll stays one statement) it reports
+-- what the agent needs to wait well: next_due_in_us, how long from now
+-- (microseconds, at least 1, at most a day: the agent polls more often
+-- than that, and a Go duration ends at 292 years) until the earliest job
+-- not yet due that heads its game's line falls due, 0 when there is none,
+-- for a timer; and cancel_ids, queued jobs of the host whose cancel was asked
+-- for, whatever their run_after or place in line, for the agent to cancel
+-- at once. Both read the statement's snapshot, taken before the claim: a
+-- job claimed here still counts as unfinished and so still holds back its
+-- game's later jobs, as it should.
+--
+-- There is always exactly one row of queue state; the claimed jobs are
+-- joined to it, so a claim of nothing returns one row with a NULL id.
 WITH candidates AS (
     SELECT j.id
     FROM jobs j
     WHERE j.host_id = sqlc.arg(host_id)
       AND j.status = 'queued'
       AND j.run_after <= now()
+      AND j.cancel_requested_at IS NULL
       AND NOT EXISTS (
           SELECT 1 FROM jobs e
           WHERE e.game_id = j.game_id
@@ -35,16 +51,48 @@ WITH candidates AS (
     ORDER BY j.id
     LIMIT sqlc.arg(max_jobs)
     FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE jobs
+    SET status = 'running',
+        attempt = jobs.attempt + 1,
+        lease_owner = sqlc.arg(lease_owner)::text,
+        lease_expires_at = now() + sqlc.arg(lease_ms)::bigint * interval '1 millisecond',
+        started_at = now()
+    FROM candidates
+    WHERE jobs.id = candidates.id
+    RETURNING jobs.*
+),
+queue AS (
+    SELECT
+        coalesce((
+         SELECT ceil(extract(epoch FROM least(n.run_after, now() + interval '1 day') - now()) * 1000000)::bigint
+         FROM jobs n
+         WHERE n.host_id = sqlc.arg(host_id)
+           AND n.status = 'queued'
+           AND n.run_after > now()
+           AND n.cancel_requested_at IS NULL
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs e
+               WHERE e.game_id = n.game_id
+                 AND e.status IN ('queued', 'running')
+                 AND e.id < n.id
+           )
+         ORDER BY n.run_after
+         LIMIT 1), 0)::bigint AS next_due_in_us,
+        ARRAY(
+            SELECT c.id
+            FROM jobs c
+            WHERE c.host_id = sqlc.arg(host_id)
+              AND c.status = 'queued'
+              AND c.cancel_requested_at IS NOT NULL
+            ORDER BY c.id
+            LIMIT sqlc.arg(max_cancels)
+        )::bigint[] AS cancel_ids
 )
-UPDATE jobs
-SET status = 'running',
-    attempt = jobs.attempt + 1,
-    lease_owner = sqlc.arg(lease_owner)::text,
-    lease_expires_at = now() + sqlc.arg(lease_ms)::bigint * interval '1 millisecond',
-    started_at = now()
-FROM candidates
-WHERE jobs.id = candidates.id
-RETURNING jobs.*;
+SELECT claimed.*, queue.next_due_in_us, queue.cancel_ids
+FROM queue
+LEFT JOIN claimed ON true;
 
 -- name: ExtendLeases :many
 -- Extends the leases an agent still holds and tells it which of its jobs

@@ -40,6 +40,9 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrJobFinished reports a cancel of a job that has already ended.
 	ErrJobFinished = errors.New("job already finished")
+	// ErrJobNotRetryable reports a retry of a job that is not failed or
+	// cancelled.
+	ErrJobNotRetryable = errors.New("job not retryable")
 	// ErrInvalidJob reports a job request refused before insert; the
 	// error is a *ValidationError naming the field.
 	ErrInvalidJob = errors.New("invalid job")

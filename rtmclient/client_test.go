@@ -104,6 +104,9 @@ func TestEnqueueValidatesBeforeInsert(t *testing.T) {
 		{"state dir escape", func(r *rtmclient.JobRequest) {
 			r.Payload = rtmclient.StartPayload{ImageRef: "engine:1", StateDir: "../x"}
 		}, "state_dir"},
+		{"another game's state dir", func(r *rtmclient.JobRequest) {
+			r.Payload = rtmclient.StartPayload{ImageRef: "engine:1", StateDir: "g2/saves"}
+		}, "state_dir"},
 		{"limits", func(r *rtmclient.JobRequest) {
 			r.Payload = rtmclient.ChangeImagePayload{ImageRef: "engine:2", Limits: rtmclient.Limits{MemoryBytes: 1}}
 		}, "limits.memory_bytes"},

@@ -78,14 +78,15 @@ type StartPayload struct {
 	// Limits are the container's limits.
 	Limits Limits `json:"limits,omitempty"`
 	// StateDir is the state directory relative to the agent's state
-	// root; empty means the game id.
+	// root, inside the game's own directory: empty (the game id), the
+	// game id, or the game id followed by a path below it ("g1/season-2").
 	StateDir string `json:"state_dir,omitempty"`
 }
 
 // StopPayload stops a game.
 type StopPayload struct {
 	// TimeoutSeconds is how long the engine may take to exit after
-	// SIGTERM; nil takes the agent's default (30s).
+	// SIGTERM, 0..600; nil takes the agent's default (30s).
 	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
 }
 
@@ -226,8 +227,8 @@ func Validate(req JobRequest) (json.RawMessage, error) {
 	if req.Payload == nil {
 		return nil, invalid("payload", "is required: a StartPayload, StopPayload, ...")
 	}
-	if req.MaxAttempts < 0 || req.MaxAttempts > 100 {
-		return nil, invalid("max_attempts", "%d is outside 0..100 (0: the agent's default)", req.MaxAttempts)
+	if req.MaxAttempts < 0 || req.MaxAttempts > job.MaxAttemptsLimit {
+		return nil, invalid("max_attempts", "%d is outside 0..%d (0: the agent's default)", req.MaxAttempts, job.MaxAttemptsLimit)
 	}
 	if req.IdempotencyKey != "" && strings.TrimSpace(req.IdempotencyKey) == "" {
 		return nil, invalid("idempotency_key", "must not be blank")
@@ -313,4 +314,24 @@ func (c *Client) CancelJob(ctx context.Context, id int64) (Job, error) {
 		return Job{}, translate(err)
 	}
 	return jobOf(j), nil
+}
+
+// RetryJob enqueues a copy of a failed or cancelled job (same host, game,
+// kind, payload and maximum attempts; no idempotency key) and returns the
+// new job: what `rtmanager jobs retry` and the console's retry do. errors.Is
+// ErrNotFound for an unknown id, ErrJobNotRetryable for a job in another
+// status, ErrInvalidJob for a payload that would be refused today.
+func (c *Client) RetryJob(ctx context.Context, id int64) (Job, error) {
+	old, err := c.GetJob(ctx, id)
+	if err != nil {
+		return Job{}, err
+	}
+	if old.Status != JobFailed && old.Status != JobCancelled {
+		return Job{}, &wrapped{err: fmt.Errorf("job %d is %s: only failed or cancelled jobs are retried", id, old.Status), sentinel: ErrJobNotRetryable}
+	}
+	j, _, err := c.Enqueue(ctx, c.pool, JobRequest{
+		HostID: old.HostID, GameID: old.GameID, MaxAttempts: old.MaxAttempts,
+		Payload: RawPayload{JobKind: old.Kind, JSON: old.Payload},
+	})
+	return j, err
 }

@@ -42,6 +42,7 @@ func commands() []command {
 	return append([]command{
 		{"run", "run the agent for this Docker host", cmdRun},
 		{"dev", "run the agent on a throwaway local PostgreSQL and the local Docker daemon", cmdDev},
+		{"console", "serve the operator console: fleet, games, jobs and events in a web page", cmdConsole},
 		{"migrate", "manage the database schema: up | down [N] | version | force VERSION", cmdMigrate},
 		{"version", "print the version", cmdVersion},
 	}, operatorCommands()...)

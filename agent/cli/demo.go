@@ -89,6 +89,7 @@ type demo struct {
 	devErr         error
 
 	url, httpAddr  string
+	consoleURL     string // the dev agent's console, "" when it did not start
 	image, image2  string
 	image2Tagged   bool
 	jobs           []demoJob
@@ -276,7 +277,7 @@ func (d *demo) startDev(ctx context.Context) error {
 	}
 	defer logf.Close()
 
-	args := []string{"dev", "--data-dir", filepath.Join(dir, "dev"), "--reset", "--host-id", d.hostID, "--http-addr", "127.0.0.1:0"}
+	args := []string{"dev", "--data-dir", filepath.Join(dir, "dev"), "--reset", "--host-id", d.hostID, "--http-addr", "127.0.0.1:0", "--console-addr", "127.0.0.1:0"}
 	d.heading("Start the agent on a throwaway database")
 	fmt.Fprintf(d.w, "$ rtmanager %s &   (log: %s)\n", strings.Join(args, " "), d.devLog)
 	cmd := exec.Command(d.self, args...)
@@ -302,6 +303,7 @@ func (d *demo) startDev(ctx context.Context) error {
 		if bytes.Contains(b, []byte("Watch what happened:")) {
 			banner = parseBanner(string(b))
 			d.url, d.httpAddr, d.image = banner["database"], strings.TrimPrefix(banner["http"], "http://"), banner["engine image"]
+			d.consoleURL = banner["console"]
 			if d.ready(ctx) {
 				break
 			}
@@ -322,6 +324,9 @@ func (d *demo) startDev(ctx context.Context) error {
 	}
 	fmt.Fprintf(d.w, "agent ready after %s: http://%s/readyz answers 200\n", time.Since(d.startedPlaying).Round(100*time.Millisecond), d.httpAddr)
 	fmt.Fprintf(d.w, "  database     %s\n  engine image %s\n", d.url, d.image)
+	if strings.HasPrefix(d.consoleURL, "http") {
+		fmt.Fprintf(d.w, "  console      %s   (open it to watch the demo live)\n", d.consoleURL)
+	}
 	fmt.Fprintf(d.w, "\nThe operator commands below read the same database:\n$ export RTM_DATABASE_URL='%s'\n", d.url)
 	if err := d.show(ctx, "hosts", "list"); err != nil {
 		return err
@@ -674,6 +679,12 @@ func (d *demo) summary(ctx context.Context) error {
 		fmt.Fprintf(d.w, "  job %-4d %-13s %-14s %-10s trace %s\n", j.id, j.kind, j.game, j.status, j.traceID)
 	}
 	fmt.Fprintln(d.w, "\nEvery step happened as printed.")
+	if strings.HasPrefix(d.consoleURL, "http") {
+		fmt.Fprintf(d.w, "\nThe operator console showed all of it live at %s (it stops with the demo).\n", d.consoleURL)
+	}
+	fmt.Fprintln(d.w, "See it for yourself: run `bin/rtmanager dev`, start games as its banner says, and open")
+	fmt.Fprintln(d.w, "the console it prints (http://127.0.0.1:9465): the fleet, every game's timeline, the jobs")
+	fmt.Fprintln(d.w, "with cancel and retry, and the activity charts. `rtmanager console` serves it for any database.")
 	return nil
 }
 
@@ -683,7 +694,7 @@ func parseBanner(s string) map[string]string {
 		if !strings.HasPrefix(line, "  ") {
 			continue
 		}
-		for _, key := range []string{"database", "http", "engine image", "host id"} {
+		for _, key := range []string{"database", "http", "console", "engine image", "host id"} {
 			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), key+" "); ok {
 				if f := strings.Fields(rest); len(f) > 0 {
 					m[key] = f[0]

@@ -18,7 +18,7 @@ func TestDemoReadsTheDevBanner(t *testing.T) {
 		DatabaseURL: "postgres://postgres@/rtmanager?host=%2Ftmp%2Fx&sslmode=disable",
 		HTTPAddr:    "127.0.0.1:41739", HostID: "demo-1", StateRoot: "/tmp/x/state", DockerNetwork: "galaxy-dev",
 	}
-	printDevBanner(&b, cfg, "/tmp/x", "rtmanager-engine:0123456789abcdef")
+	printDevBanner(&b, cfg, "/tmp/x", "rtmanager-engine:0123456789abcdef", "http://127.0.0.1:41740   (actions on: token)")
 	if !strings.Contains(b.String(), "Watch what happened:") {
 		t.Fatalf("the demo waits for \"Watch what happened:\", which the banner lacks:\n%s", b.String())
 	}
@@ -28,6 +28,7 @@ func TestDemoReadsTheDevBanner(t *testing.T) {
 		"http":         "http://127.0.0.1:41739",
 		"engine image": "rtmanager-engine:0123456789abcdef",
 		"host id":      "demo-1",
+		"console":      "http://127.0.0.1:41740",
 	} {
 		if got[key] != want {
 			t.Errorf("%s: got %q, want %q\n%s", key, got[key], want, b.String())

@@ -53,8 +53,16 @@ func cmdDev(ctx context.Context, e *env, args []string) int {
 		fs.StringVar(&databaseURL, "database-url", "",
 			"use this PostgreSQL database instead of a local one (env RTM_DATABASE_URL, or RTM_DATABASE_URL_FILE naming a file that holds it)")
 	}
-	if _, code, ok := parseWith(e, "dev", "[flags]", args, &cfg, extra, config.Agent, config.Logging); !ok {
+	if _, code, ok := parseWith(e, "dev", "[flags]", args, &cfg, extra, config.Agent, config.Console, config.Logging); !ok {
 		return code
+	}
+	// The dev console acts by default, with a token of its own (printed
+	// in the banner) unless one is configured.
+	if os.Getenv("RTM_CONSOLE_ACTIONS") == "" && !flagGiven(args, "console-actions") {
+		cfg.Console.Actions = true
+	}
+	if cfg.Console.Actions && cfg.Console.Token == "" && cfg.Console.TrustedHeader == "" {
+		cfg.Console.Token = newConsoleToken()
 	}
 	if databaseURL == "" {
 		url, err := devDatabaseURL()
@@ -127,8 +135,34 @@ func cmdDev(ctx context.Context, e *env, args []string) int {
 	if code, ok := checkAgentConfig(e, "dev", &cfg); !ok {
 		return code
 	}
-	printDevBanner(e.stdout, &cfg, dataDir, imageRef)
-	if err := app.Run(ctx, &cfg, log, Version); err != nil {
+	// Migrate before the console reads the schema (the agent's own
+	// migration then has nothing to do).
+	if err := db.MigrateUp(ctx, cfg.MigrateURL(), db.MigrateOptions{LockTimeout: cfg.MigrateLockTimeout, Logger: log}); err != nil {
+		return fail(e, "dev", err)
+	}
+	consoleLine := ""
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	defer stopAgent()
+	con, err := startConsole(agentCtx, &cfg, log)
+	if err != nil {
+		// The console is an extra here: the agent runs without it.
+		log.Warn("the console did not start", "err", err)
+		consoleLine = "not started: " + err.Error()
+	} else {
+		consoleLine = con.url + "   (" + consoleMode(&cfg.Console) + ")"
+		if cfg.Console.Actions && cfg.Console.Token != "" {
+			consoleLine += "\n  token        " + cfg.Console.Token + "   (the console's: log in with it to cancel or retry jobs)"
+		}
+	}
+	printDevBanner(e.stdout, &cfg, dataDir, imageRef, consoleLine)
+	err = app.Run(agentCtx, &cfg, log, Version)
+	stopAgent()
+	if con != nil {
+		if cerr := con.wait(); cerr != nil {
+			log.Warn("the console stopped with an error", "err", cerr)
+		}
+	}
+	if err != nil {
 		return fail(e, "dev", err)
 	}
 	return ExitOK
@@ -166,7 +200,7 @@ func startDevCluster(ctx context.Context, dataDir string) (*pgcluster.Cluster, e
 	return cluster, nil
 }
 
-func printDevBanner(w io.Writer, cfg *config.Config, dataDir, imageRef string) {
+func printDevBanner(w io.Writer, cfg *config.Config, dataDir, imageRef, consoleLine string) {
 	if imageRef == "" {
 		imageRef = "<an image in RTM_ALLOWED_IMAGES>"
 	}
@@ -178,6 +212,7 @@ func printDevBanner(w io.Writer, cfg *config.Config, dataDir, imageRef string) {
 	fmt.Fprintf(w, `rtmanager dev
   database     %s
   http         %s
+  console      %s
   host id      %s
   state root   %s
   network      %s
@@ -189,10 +224,10 @@ Start a game, from another terminal:
   rtmanager jobs enqueue --host %s --game demo-1 --kind start --payload '{"image_ref": "%s"}'
 or with plain SQL, as the Game Master does:
   psql "$RTM_DATABASE_URL" -c "INSERT INTO jobs (host_id, game_id, kind, payload) VALUES ('%s', 'demo-1', 'start', '{\"image_ref\": \"%s\"}')"
-Watch what happened:
+Watch what happened: open the console, or
   rtmanager records list; rtmanager events tail --follow
 
-`, url, httpLine, cfg.HostID, cfg.StateRoot, cfg.DockerNetwork, imageRef, dataDir,
+`, url, httpLine, consoleLine, cfg.HostID, cfg.StateRoot, cfg.DockerNetwork, imageRef, dataDir,
 		url, cfg.HostID, imageRef, cfg.HostID, imageRef)
 }
 

@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,7 +56,7 @@ func TestDevStartsItsOwnDatabase(t *testing.T) {
 		var out, errOut syncBuffer
 		done := make(chan int, 1)
 		go func() {
-			done <- run(ctx, []string{"dev", "--data-dir", dataDir, "--host-id", hostID, "--log-format", "json", "--http-addr", "127.0.0.1:0"}, &env{stdout: &out, stderr: &errOut})
+			done <- run(ctx, []string{"dev", "--data-dir", dataDir, "--host-id", hostID, "--log-format", "json", "--http-addr", "127.0.0.1:0", "--console-addr", "127.0.0.1:0"}, &env{stdout: &out, stderr: &errOut})
 		}()
 		wait.For(t, 2*time.Minute, "the dev agent to start", func() bool {
 			select {
@@ -69,6 +71,21 @@ func TestDevStartsItsOwnDatabase(t *testing.T) {
 			if !strings.Contains(banner, want) {
 				t.Fatalf("round %d: banner lacks %q:\n%s", round, want, banner)
 			}
+		}
+		// The console runs beside the agent, on the same database, with
+		// actions and a token of its own.
+		consoleURL, token := bannerField(banner, "console"), bannerField(banner, "token")
+		if !strings.HasPrefix(consoleURL, "http://127.0.0.1:") || !strings.Contains(banner, "actions on: token") || len(token) < 16 {
+			t.Fatalf("round %d: the banner lacks the console's token:\n%s", round, banner)
+		}
+		resp, err := http.Get(consoleURL + "/")
+		if err != nil {
+			t.Fatalf("round %d: the console at %s: %v", round, consoleURL, err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), hostID) {
+			t.Fatalf("round %d: the console's fleet page: %d, without host %s:\n%s", round, resp.StatusCode, hostID, page)
 		}
 		url := bannerValue(t, banner, "database")
 		pool, err := db.Connect(context.Background(), url, nil)
@@ -117,5 +134,15 @@ func bannerValue(t *testing.T, banner, key string) string {
 		}
 	}
 	t.Fatalf("banner has no %q line:\n%s", key, banner)
+	return ""
+}
+
+// bannerField is the first word after key on its banner line.
+func bannerField(banner, key string) string {
+	for _, line := range strings.Split(banner, "\n") {
+		if fields := strings.Fields(line); len(fields) >= 2 && fields[0] == key {
+			return fields[1]
+		}
+	}
 	return ""
 }

@@ -276,17 +276,7 @@ func jobsRetry(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	defer client.Close()
-	old, err := client.GetJob(ctx, id)
-	if err != nil {
-		return c.fail(err)
-	}
-	if old.Status != rtmclient.JobFailed && old.Status != rtmclient.JobCancelled {
-		return c.fail(fmt.Errorf("job %d is %s: only failed or cancelled jobs are retried", id, old.Status))
-	}
-	j, _, err := client.Enqueue(ctx, client.Pool(), rtmclient.JobRequest{
-		HostID: old.HostID, GameID: old.GameID, MaxAttempts: old.MaxAttempts,
-		Payload: rtmclient.RawPayload{JobKind: old.Kind, JSON: old.Payload},
-	})
+	j, err := client.RetryJob(ctx, id)
 	if err != nil {
 		return c.fail(err)
 	}

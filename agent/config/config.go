@@ -63,7 +63,35 @@ type Config struct {
 	StoppedTTL      time.Duration
 	JobRetention    time.Duration
 	OutboxRetention time.Duration
+
+	// Console: the operator console (rtmanager console, and rtmanager dev).
+	Console ConsoleConfig
 }
+
+// ConsoleConfig is the operator console's settings.
+type ConsoleConfig struct {
+	// Addr is where the console listens.
+	Addr string
+	// Actions enables cancel and retry; they need Token or TrustedHeader.
+	Actions bool
+	// Token, when set, lets an operator who presents it act.
+	Token string
+	// TrustedHeader names a request header set by an authenticating
+	// proxy: a request carrying it acts as the user it names.
+	TrustedHeader string
+	// TraceURL links a job's trace: {trace_id} is replaced by its id.
+	TraceURL string
+	// DownAfter is the heartbeat age after which a host is shown down
+	// (the rule of `rtmanager hosts list --down-after`).
+	DownAfter time.Duration
+	// PollInterval is how often the live view polls the outbox when it
+	// cannot LISTEN (transaction pooler), and its safety net otherwise.
+	PollInterval time.Duration
+}
+
+// MinConsoleTokenLength keeps guessable tokens out: the token is the only
+// secret between the network and the cancel button.
+const MinConsoleTokenLength = 16
 
 // Set binds the settings to the flags of fs, with defaults from the
 // environment. It returns a function to call after fs.Parse that reports
@@ -91,12 +119,15 @@ const (
 	Agent
 	// Logging: log format and level.
 	Logging
+	// Console: the operator console's address, actions and links.
+	Console
 )
 
 var registrars = map[Setting]func(c *Config, fs *flag.FlagSet, errs *[]error){
 	Database: registerDatabase,
 	Agent:    registerAgent,
 	Logging:  registerLogging,
+	Console:  registerConsole,
 }
 
 // registerDatabase registers the database URL (RTM_DATABASE_URL, or a file
@@ -182,6 +213,79 @@ func registerLogging(c *Config, fs *flag.FlagSet, errs *[]error) {
 	fs.StringVar(&c.LogLevel, "log-level", envString("RTM_LOG_LEVEL", "info"), "log level: debug, info, warn or error (env RTM_LOG_LEVEL)")
 }
 
+// registerConsole registers the operator console's settings. The token has
+// no flag of its own (a command line is visible to every local user): it
+// comes from RTM_CONSOLE_TOKEN or a file.
+func registerConsole(c *Config, fs *flag.FlagSet, errs *[]error) {
+	cc := &c.Console
+	fs.StringVar(&cc.Addr, "console-addr", envString("RTM_CONSOLE_ADDR", "127.0.0.1:9465"),
+		"address of the operator console (env RTM_CONSOLE_ADDR)")
+	fs.BoolVar(&cc.Actions, "console-actions", envBool(errs, "RTM_CONSOLE_ACTIONS", false),
+		"enable the cancel and retry buttons; needs a token or a trusted header (env RTM_CONSOLE_ACTIONS)")
+	cc.Token = os.Getenv("RTM_CONSOLE_TOKEN")
+	readToken := func(file string) error {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("console token file: %w", err)
+		}
+		cc.Token = strings.TrimSpace(string(b))
+		return nil
+	}
+	if file := os.Getenv("RTM_CONSOLE_TOKEN_FILE"); cc.Token == "" && file != "" {
+		if err := readToken(file); err != nil {
+			*errs = append(*errs, fmt.Errorf("RTM_CONSOLE_TOKEN_FILE: %w", err))
+		}
+	}
+	fs.Func("console-token-file", "a file holding the token that lets an operator act (env RTM_CONSOLE_TOKEN_FILE, or RTM_CONSOLE_TOKEN holding it)", readToken)
+	fs.StringVar(&cc.TrustedHeader, "console-trusted-header", envString("RTM_CONSOLE_TRUSTED_HEADER", ""),
+		"a header set by an authenticating proxy (e.g. X-Forwarded-User): a request carrying it may act as the user it names; only when the proxy is the sole way in (env RTM_CONSOLE_TRUSTED_HEADER)")
+	fs.StringVar(&cc.TraceURL, "console-trace-url", envString("RTM_CONSOLE_TRACE_URL", ""),
+		"link to a job's trace, {trace_id} replaced by its id, e.g. http://jaeger:16686/trace/{trace_id} (env RTM_CONSOLE_TRACE_URL)")
+	fs.DurationVar(&cc.DownAfter, "console-down-after", envDuration(errs, "RTM_CONSOLE_DOWN_AFTER", 3*20*time.Second),
+		"a host whose heartbeat is older than this is shown down, as by `hosts list --down-after` (env RTM_CONSOLE_DOWN_AFTER)")
+	fs.DurationVar(&cc.PollInterval, "console-poll-interval", envDuration(errs, "RTM_CONSOLE_POLL_INTERVAL", 2*time.Second),
+		"how often live pages poll the outbox without LISTEN (transaction pooler) (env RTM_CONSOLE_POLL_INTERVAL)")
+}
+
+// checkConsole reports console settings that cannot work.
+func (cc *ConsoleConfig) check() []error {
+	var errs []error
+	if cc.Addr == "" {
+		errs = append(errs, errors.New("--console-addr (RTM_CONSOLE_ADDR) must not be empty"))
+	}
+	if cc.Token != "" && len(cc.Token) < MinConsoleTokenLength {
+		errs = append(errs, fmt.Errorf("the console token (RTM_CONSOLE_TOKEN) must be at least %d characters; make one with `openssl rand -hex 32`", MinConsoleTokenLength))
+	}
+	if cc.Actions && cc.Token == "" && cc.TrustedHeader == "" {
+		errs = append(errs, errors.New("--console-actions (RTM_CONSOLE_ACTIONS) needs RTM_CONSOLE_TOKEN (or RTM_CONSOLE_TOKEN_FILE) or --console-trusted-header: nobody could act otherwise"))
+	}
+	if h := cc.TrustedHeader; h != "" && !isToken(h) {
+		errs = append(errs, fmt.Errorf("--console-trusted-header (RTM_CONSOLE_TRUSTED_HEADER) must be a header name such as X-Forwarded-User, got %q", h))
+	}
+	if u := cc.TraceURL; u != "" {
+		if !strings.Contains(u, "{trace_id}") || !(strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")) {
+			errs = append(errs, fmt.Errorf("--console-trace-url (RTM_CONSOLE_TRACE_URL) must be an http(s) URL containing {trace_id}, got %q", u))
+		}
+	}
+	if cc.DownAfter <= 0 {
+		errs = append(errs, fmt.Errorf("--console-down-after (RTM_CONSOLE_DOWN_AFTER) must be positive, got %s", cc.DownAfter))
+	}
+	if cc.PollInterval <= 0 {
+		errs = append(errs, fmt.Errorf("--console-poll-interval (RTM_CONSOLE_POLL_INTERVAL) must be positive, got %s", cc.PollInterval))
+	}
+	return errs
+}
+
+// isToken reports an HTTP header name (RFC 9110 token).
+func isToken(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("!#$%&'*+-.^_`|~", r)) {
+			return false
+		}
+	}
+	return s != ""
+}
+
 func (c *Config) check(what []Setting) error {
 	var errs []error
 	has := func(s Setting) bool { return slices.Contains(what, s) }
@@ -239,6 +343,9 @@ func (c *Config) check(what []Setting) error {
 		if !strings.HasPrefix(c.StateRoot, "/") {
 			errs = append(errs, fmt.Errorf("--state-root must be an absolute path, got %q", c.StateRoot))
 		}
+	}
+	if has(Console) {
+		errs = append(errs, c.Console.check()...)
 	}
 	if has(Logging) {
 		if c.LogFormat != "text" && c.LogFormat != "json" {

@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/moby/moby/api/pkg/authconfig"
+	"github.com/moby/moby/client"
 )
 
 func TestRegistryAuth(t *testing.T) {
@@ -223,4 +224,40 @@ func first(s []string) string {
 		return ""
 	}
 	return s[0]
+}
+
+// TestPingNegotiatesTheVersion: the engine speaks the daemon's API version
+// when it is older than the SDK's, the SDK's when the daemon's is newer,
+// and refuses a daemon older than the SDK supports (API 1.40).
+func TestPingNegotiatesTheVersion(t *testing.T) {
+	for daemon, want := range map[string]string{
+		"1.41": "1.41", // Docker 20.10
+		"1.45": "1.45", // Docker 26.1
+		"1.99": client.MaxAPIVersion,
+		"1.39": "", // Docker 19.03: refused
+	} {
+		sock := filepath.Join(t.TempDir(), "docker.sock")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Api-Version", daemon)
+			_, _ = io.WriteString(w, "OK")
+		})}
+		go func() { _ = srv.Serve(ln) }()
+		d, err := New(Options{Host: "unix://" + sock, HostID: "h1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = d.Ping(t.Context())
+		switch {
+		case want == "" && (err == nil || !strings.Contains(err.Error(), client.MinAPIVersion)):
+			t.Errorf("daemon API %s: Ping = %v, want a refusal naming the minimum %s", daemon, err, client.MinAPIVersion)
+		case want != "" && (err != nil || d.APIVersion() != want):
+			t.Errorf("daemon API %s: Ping = %v, speaks %s; want %s", daemon, err, d.APIVersion(), want)
+		}
+		_ = d.Close()
+		_ = srv.Close()
+	}
 }

@@ -48,7 +48,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 	if old != nil && rec.Status == runtime.StatusRunning && rec.CurrentImageRef == image && old.Running && old.Image == image {
 		return worker.Result{}, nil // done already (a replay)
 	}
-	mount, err := ensureStateDir(e.cfg.StateRoot, rec.StatePath)
+	mount, err := ensureStateDir(e.cfg.StateRoot, g, rec.StatePath)
 	if err != nil {
 		return worker.Result{}, fmt.Errorf("change the image of game %s: %w", g, err)
 	}

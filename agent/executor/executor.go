@@ -278,7 +278,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 			return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
 		}
 	}
-	mount, err := ensureStateDir(e.cfg.StateRoot, t.Spec.StatePath)
+	mount, err := ensureStateDir(e.cfg.StateRoot, g, t.Spec.StatePath)
 	if err != nil {
 		return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
 	}

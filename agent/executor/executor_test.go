@@ -340,18 +340,32 @@ func TestHostileJobsFailWithoutContainers(t *testing.T) {
 	e := newEnv(t)
 	e.run()
 	outside := t.TempDir()
-	if err := os.Symlink(outside, filepath.Join(e.root, "escape")); err != nil {
-		t.Fatal(err)
+	// Traps: a symlink out of the root inside game h-symlink's directory,
+	// game h-symlink2's directory itself a symlink out, and a symlink from
+	// game h-cross's directory to game h-victim's.
+	for _, d := range []string{"h-symlink", "h-cross", "h-victim/data"} {
+		if err := os.MkdirAll(filepath.Join(e.root, d), 0o750); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := os.Mkdir(filepath.Join(e.root, "real"), 0o750); err != nil {
-		t.Fatal(err)
+	for link, target := range map[string]string{
+		"h-symlink/escape": outside,
+		"h-symlink2":       outside,
+		"h-cross/victim":   filepath.Join(e.root, "h-victim"),
+	} {
+		if err := os.Symlink(target, filepath.Join(e.root, link)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	img := e.image
 	cases := []struct{ game, kind, payload, want string }{
-		{"h-traversal", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "../../etc"}`, img), "state directory outside the state root"},
-		{"h-absolute", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "/etc"}`, img), "state directory outside the state root"},
-		{"h-symlink", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "escape/game"}`, img), "pointing outside the state root"},
-		{"h-symlink2", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "escape"}`, img), "pointing outside the state root"},
+		{"h-traversal", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "../../etc"}`, img), "state directory outside the game's own directory"},
+		{"h-absolute", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "/etc"}`, img), "state directory outside the game's own directory"},
+		{"h-symlink", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "h-symlink/escape/game"}`, img), "pointing outside the game's directory"},
+		{"h-symlink2", "start", fmt.Sprintf(`{"image_ref": %q}`, img), "must be a real directory"},
+		{"h-other", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "h-victim"}`, img), "outside the game's own directory"},
+		{"h-other2", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "h-victim/data"}`, img), "outside the game's own directory"},
+		{"h-cross", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "h-cross/victim/data"}`, img), "pointing outside the game's directory"},
 		{"h-image", "start", `{"image_ref": "evil.example.com/miner:1"}`, "image not allowed"},
 		{"Bad_Game", "start", fmt.Sprintf(`{"image_ref": %q}`, img), "invalid game id"},
 		{"h-kind", "format_disk", `{}`, "unknown job kind"},
@@ -372,12 +386,18 @@ func TestHostileJobsFailWithoutContainers(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(outside, "game")); err == nil {
 		t.Fatal("a directory was created through the escaping symlink")
 	}
-	// A symlink that stays inside the root is fine.
-	if err := os.Symlink(filepath.Join(e.root, "real"), filepath.Join(e.root, "alias")); err != nil {
+	if entries, err := os.ReadDir(filepath.Join(e.root, "h-victim")); err != nil || len(entries) != 1 {
+		t.Fatalf("game h-victim's directory changed: %v %v", entries, err)
+	}
+	// A symlink that stays inside the game's directory is fine.
+	if err := os.MkdirAll(filepath.Join(e.root, "h-alias", "real"), 0o750); err != nil {
 		t.Fatal(err)
 	}
-	e.succeeded(e.insert("h-alias", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "alias/g"}`, img)))
-	if _, err := os.Stat(filepath.Join(e.root, "real", "g")); err != nil {
+	if err := os.Symlink(filepath.Join(e.root, "h-alias", "real"), filepath.Join(e.root, "h-alias", "alias")); err != nil {
+		t.Fatal(err)
+	}
+	e.succeeded(e.insert("h-alias", "start", fmt.Sprintf(`{"image_ref": %q, "state_dir": "h-alias/alias/g"}`, img)))
+	if _, err := os.Stat(filepath.Join(e.root, "h-alias", "real", "g")); err != nil {
 		t.Fatalf("state dir through an inside symlink: %v", err)
 	}
 }

@@ -15,28 +15,38 @@ import (
 // the engine's group may read them, nobody else.
 const stateDirMode = 0o750
 
-// ensureStateDir makes sure the state directory path, which job.Decode has
-// already checked lexically to lie inside root, also lies inside root on
-// the filesystem: every element that exists is resolved (symlinks
-// included) and must stay inside the resolved root, every element that is
-// missing is created with mode 0750. It returns the resolved directory,
-// which is what gets bind-mounted: Docker resolves symlinks in a bind
-// source itself, so mounting the checked path, not the requested one,
-// keeps a symlink planted after the check from redirecting the mount.
+// ensureStateDir makes sure the state directory path of game gameID,
+// which job.Decode has already checked lexically to be the game's own
+// directory under root (root/gameID) or to lie inside it, is so on the
+// filesystem too: every element that exists is resolved (symlinks
+// included) and must stay in the game's directory, every element that is
+// missing is created with mode 0750. The game's directory itself must be
+// a real directory, not a symlink: a symlink there could hand the game
+// another game's state. It returns the resolved directory, which is what
+// gets bind-mounted: Docker resolves symlinks in a bind source itself, so
+// mounting the checked path, not the requested one, keeps a symlink
+// planted after the check from redirecting the mount.
 //
-// A path that escapes the root is a job error (permanent, wrapping
-// job.ErrStateDirOutsideRoot); a filesystem error is not (it may pass).
-func ensureStateDir(root, path string) (string, error) {
+// A path that escapes the game's directory is a job error (permanent,
+// wrapping job.ErrStateDirOutsideRoot); a filesystem error is not (it may
+// pass).
+func ensureStateDir(root, gameID, path string) (string, error) {
+	if !job.InsideGameDir(root, gameID, path) {
+		return "", outside(path, fmt.Sprintf("is not the directory of game %s under the state root %s, nor inside it", gameID, root))
+	}
 	realRoot, err := filepath.EvalSymlinks(root)
 	if err != nil {
 		return "", fmt.Errorf("resolve state root %s: %w", root, err)
 	}
+	// The game's directory in the resolved root; it is checked below to
+	// be a real directory, so it is its own resolved path.
+	gameDir := filepath.Join(realRoot, gameID)
 	rel, err := filepath.Rel(root, path)
-	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {
+	if err != nil {
 		return "", outside(path, "is not inside the state root "+root)
 	}
 	cur := realRoot
-	for _, elem := range strings.Split(rel, string(filepath.Separator)) {
+	for i, elem := range strings.Split(rel, string(filepath.Separator)) {
 		next := filepath.Join(cur, elem)
 		fi, err := os.Lstat(next)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -50,12 +60,15 @@ func ensureStateDir(root, path string) (string, error) {
 			return "", fmt.Errorf("check state directory %s: %w", next, err)
 		}
 		if fi.Mode()&fs.ModeSymlink != 0 {
+			if i == 0 {
+				return "", outside(path, fmt.Sprintf("has the game's own directory %s as a symlink; it must be a real directory", next))
+			}
 			target, err := filepath.EvalSymlinks(next)
 			if err != nil {
 				return "", outside(path, fmt.Sprintf("has a symlink %s that does not resolve (%v)", next, err))
 			}
-			if !inside(realRoot, target) {
-				return "", outside(path, fmt.Sprintf("has a symlink %s pointing outside the state root, to %s", next, target))
+			if !insideOrAt(gameDir, target) {
+				return "", outside(path, fmt.Sprintf("has a symlink %s pointing outside the game's directory %s, to %s", next, gameDir, target))
 			}
 			if fi, err = os.Stat(target); err != nil {
 				return "", fmt.Errorf("check state directory %s: %w", target, err)
@@ -72,15 +85,16 @@ func ensureStateDir(root, path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("resolve state directory %s: %w", cur, err)
 	}
-	if !inside(realRoot, resolved) {
-		return "", outside(path, "resolves to "+resolved+", outside the state root")
+	if !insideOrAt(gameDir, resolved) {
+		return "", outside(path, "resolves to "+resolved+", outside the game's directory "+gameDir)
 	}
 	return resolved, nil
 }
 
-// inside reports whether path lies strictly inside root (both resolved).
-func inside(root, path string) bool {
-	return strings.HasPrefix(path, root+string(filepath.Separator))
+// insideOrAt reports whether path is dir or lies inside it (both
+// resolved).
+func insideOrAt(dir, path string) bool {
+	return path == dir || strings.HasPrefix(path, dir+string(filepath.Separator))
 }
 
 func outside(path, why string) error {

@@ -15,8 +15,9 @@ import (
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
-// TestDaemonRestart restarts the machine's dockerd while the watcher runs:
-// the watcher reconnects and the records end true. It runs only with
+// TestDaemonRestart restarts the dockerd behind DOCKER_HOST (or the default
+// socket) while the watcher runs: the watcher reconnects and the records
+// end true. It runs only with
 // RTM_TEST_RESTART_DOCKERD=1, which `make test` sets under CI in a run of
 // its own after every other test (a restart would pull the daemon from
 // under the Docker tests of other packages running in parallel), and only
@@ -29,6 +30,7 @@ func TestDaemonRestart(t *testing.T) {
 	if why != "" {
 		t.Fatalf("RTM_TEST_RESTART_DOCKERD=1 but dockerd cannot be restarted here: %s", why)
 	}
+	t.Logf("restarting %s", d)
 	e := newEnv(t)
 	e.startWatcher(watcher.Config{MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, IdleTimeout: 5 * time.Second})
 

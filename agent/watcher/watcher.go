@@ -37,7 +37,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +54,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
+	"github.com/galaxy/rtmanager/internal/retry"
 )
 
 // Defaults for zero Config fields.
@@ -204,7 +204,7 @@ func (w *Watcher) count(f func(*Stats)) {
 
 // Run follows the events until ctx is done, then returns nil.
 func (w *Watcher) Run(ctx context.Context) error {
-	bo := backoff{min: w.cfg.MinBackoff, max: w.cfg.MaxBackoff}
+	bo := retry.Backoff(w.cfg.MinBackoff, w.cfg.MaxBackoff)
 	for first := true; ; first = false {
 		if !first {
 			w.count(func(s *Stats) { s.Reconnects++ })
@@ -216,9 +216,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		}
 		if healthy {
-			bo.reset()
+			bo.Reset()
 		}
-		delay := bo.next()
+		delay := bo.NextBackOff()
 		w.count(func(s *Stats) { s.Errors++ })
 		w.log.Warn("docker events disconnected", "error", err, "retry_in", delay)
 		t := time.NewTimer(delay)
@@ -523,23 +523,4 @@ func (w *Watcher) noteOOM(containerID string) {
 		clear(w.oom)
 	}
 	w.oom[containerID] = true
-}
-
-// backoff is a capped exponential backoff with jitter: each wait is drawn
-// from [d/2, d] where d doubles from min up to max.
-type backoff struct {
-	min, max time.Duration
-	cur      time.Duration
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(b.cur*2, b.max)
-	}
-	half := b.cur / 2
-	return half + rand.N(b.cur-half+1)
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"runtime/debug"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
+	"github.com/galaxy/rtmanager/internal/retry"
 )
 
 // maxErrorBytes bounds the error stored on a job: executor errors can quote
@@ -114,7 +114,7 @@ func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempt
 		w.finish(r, log, db.Outcome{Status: job.StatusFailed, Error: msg}, nil)
 		return
 	}
-	delay := w.backoff(j.Attempt)
+	delay := retry.Nth(w.cfg.RetryBaseDelay, w.cfg.RetryMaxDelay, j.Attempt)
 	r.finishing.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
@@ -128,8 +128,8 @@ func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempt
 	w.retried.Add(1)
 	w.metrics.outcome(kindAttr(j.Kind), "retried")
 	log.Warn("job attempt failed; retrying", "retry_in", delay, "max_attempts", maxAttempts, "err", err)
-	// No notification comes when the retry becomes due.
-	time.AfterFunc(delay, w.signal)
+	// No notification comes when the retry becomes due: the claim that
+	// follows this job's end sees its new run_after and arms the timer.
 }
 
 // finish records a final outcome and reports whether it committed. On a
@@ -226,19 +226,6 @@ func (w *Worker) maxAttempts(j db.Job) int {
 		return j.MaxAttempts
 	}
 	return max(w.cfg.MaxAttempts(job.Kind(j.Kind)), 1)
-}
-
-// backoff returns the delay before the attempt after attempt: exponential,
-// capped, with "equal jitter" (a random point in the upper half) so that
-// jobs failing together do not retry together.
-func (w *Worker) backoff(attempt int) time.Duration {
-	d := w.cfg.RetryBaseDelay
-	for i := 1; i < attempt && d < w.cfg.RetryMaxDelay; i++ {
-		d *= 2
-	}
-	d = min(d, w.cfg.RetryMaxDelay)
-	half := d / 2
-	return half + rand.N(half+1)
 }
 
 func (w *Worker) forget(j db.Job, containers []string) {

@@ -29,6 +29,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/retry"
 )
 
 // Task is one attempt of a validated job, as an Executor sees it.
@@ -100,9 +101,12 @@ type Config struct {
 	// PollInterval is how often the queue is polled when no wake-up came
 	// (default 1s; with UseListen it is only a safety net).
 	PollInterval time.Duration
-	// UseListen wakes the worker on insert through LISTEN rtm_jobs. It
-	// needs a session connection: set it false behind a transaction pooler
-	// such as PgBouncer in transaction mode, and rely on polling.
+	// UseListen wakes the worker through LISTEN rtm_jobs when a job of
+	// its host is inserted or a queued one's cancel is asked for. It needs
+	// a session connection: set it false behind a transaction pooler such
+	// as PgBouncer in transaction mode, and rely on polling. Either way a
+	// job the worker has seen queued runs when it falls due (a timer), not
+	// at the next poll.
 	UseListen bool
 	// Policy validates every job before it reaches the executor.
 	Policy job.Policy
@@ -307,13 +311,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer poll.Stop()
 	rescue := time.NewTicker(cfg.RescueInterval)
 	defer rescue.Stop()
+	// due fires when the host's next job that is not yet due falls due;
+	// every claim re-arms it (see claim).
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
+	again := false
 	for ctx.Err() == nil {
 		w.rescueIfDue(ctx)
-		w.claim(ctx)
+		if again = w.claim(ctx, due, again); again {
+			continue
+		}
 		select {
 		case <-ctx.Done():
 		case <-w.wake:
 		case <-poll.C:
+		case <-due.C:
 		case <-rescue.C:
 			w.rescue(ctx)
 		}
@@ -324,31 +337,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	bgWG.Wait()
 	w.log.Info("job worker stopped", "host_id", cfg.HostID, "owner", cfg.Owner)
 	return nil
-}
-
-// claim fills the free slots. When every slot was filled more jobs may be
-// due, so it wakes the loop again; otherwise the queue has nothing due
-// and the loop waits for a notification, a finish or the poll.
-func (w *Worker) claim(ctx context.Context) {
-	w.mu.Lock()
-	free := w.cfg.Concurrency - len(w.inflight)
-	w.mu.Unlock()
-	if free <= 0 {
-		return
-	}
-	sent := time.Now()
-	jobs, err := w.store.ClaimJobs(ctx, w.cfg.HostID, w.cfg.Owner, free, w.cfg.LeaseDuration)
-	if err != nil {
-		if ctx.Err() == nil {
-			w.log.Warn("claiming jobs failed; retrying at the next poll", "host_id", w.cfg.HostID, "err", err)
-		}
-		return
-	}
-	w.start(jobs, sent, time.Now())
-	if len(jobs) == free {
-		// There may be more due jobs: look again without waiting.
-		w.signal()
-	}
 }
 
 // start registers claimed jobs and runs each on its own goroutine. All of
@@ -542,20 +530,20 @@ func (w *Worker) loseLease(r *running, why string) {
 // claim loop on notifications for this host. It reconnects with backoff;
 // polling covers the gaps.
 func (w *Worker) listen(ctx context.Context) {
-	delay := 100 * time.Millisecond
+	bo := retry.Backoff(100*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
 		err := w.listenOnce(ctx)
 		w.listening.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
+		delay := bo.NextBackOff()
 		w.log.Warn("job notifications interrupted; polling until reconnected", "retry_in", delay, "err", err)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(delay):
 		}
-		delay = min(delay*2, 10*time.Second)
 	}
 }
 

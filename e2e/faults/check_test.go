@@ -58,7 +58,7 @@ func (h *harness) report(f figures) {
 // scenarioOrder is the row order of the report.
 var scenarioOrder = []string{
 	"SIGKILL during jobs", "two agents, one host id", "PostgreSQL restart and terminated connections",
-	"state directory on a full disk", "state directory on a read-only filesystem", "hostile jobs",
+	"state directory on a full disk", "state directory on a read-only filesystem", "state directory of another game", "hostile jobs",
 	"dockerd restart, containers dying and removed behind its back",
 }
 

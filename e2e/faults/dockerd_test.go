@@ -14,15 +14,16 @@ import (
 	"github.com/galaxy/rtmanager/internal/testutil/dockerd"
 )
 
-// TestDockerdRestart takes the machine's dockerd away under a running
-// agent that has games running, one stopped, and jobs in flight; two
-// engine processes are SIGKILLed by pid while the daemon is down, so no
-// die event can reach the agent. Jobs are enqueued during the outage. The
-// agent is then frozen (SIGSTOP), dockerd is started again and three
-// containers are removed behind the agent's back before it can reconnect
-// and relist; then it is thawed. It must reconnect, repair the records
-// from a relist, run the queued jobs, see events again, and keep the
-// invariants: records agree with Docker, each change reported once.
+// TestDockerdRestart takes the dockerd behind DOCKER_HOST (or the default
+// socket) away under a running agent that has games running, one stopped,
+// and jobs in flight; two engine processes are SIGKILLed by pid while the
+// daemon is down, so no die event can reach the agent. Jobs are enqueued
+// during the outage. The agent is then frozen (SIGSTOP), dockerd is
+// started again and three containers are removed behind the agent's back
+// before it can reconnect and relist; then it is thawed. It must
+// reconnect, repair the records from a relist, run the queued jobs, see
+// events again, and keep the invariants: records agree with Docker, each
+// change reported once.
 //
 // How the daemon goes away depends on live-restore. With it, a SIGTERM
 // (a clean stop) leaves the containers running under their shims. Without
@@ -46,6 +47,7 @@ func TestDockerdRestart(t *testing.T) {
 	if why != "" {
 		t.Fatalf("RTM_TEST_RESTART_DOCKERD=1 but dockerd cannot be restarted here: %s", why)
 	}
+	t.Logf("restarting %s", d)
 	// The host lease outlives the freeze below (its length is dockerd's
 	// start-up): the test is about Docker, not a takeover.
 	h := newHarness(t, harnessOptions{env: map[string]string{"RTM_HOST_LEASE_TTL": "60s"}})

@@ -90,10 +90,16 @@ func hostileCases(img string) []hostileCase {
 		{name: "state_dir inner ..", kind: "start", payload: start(`"state_dir": "a/../../etc"`), wantErr: "state_dir"},
 		{name: "state_dir .", kind: "start", payload: start(`"state_dir": "."`), wantErr: "state_dir"},
 		{name: "state_dir only ..", kind: "start", payload: start(`"state_dir": ".."`), wantErr: "state_dir"},
-		{name: "state_dir symlink out", kind: "start", payload: start(`"state_dir": "link-out/x"`), wantErr: "state_dir"},
-		{name: "state_dir symlink to parent", kind: "start", payload: start(`"state_dir": "link-up/x"`), wantErr: "state_dir"},
-		{name: "state_dir dangling symlink", kind: "start", payload: start(`"state_dir": "link-dangling"`), wantErr: "state_dir"},
-		{name: "state_dir through a file", kind: "start", payload: start(`"state_dir": "a-file/x"`), wantErr: "state_dir"},
+		// {game} is the row's game id and {victim} the victim's: the traps
+		// below sit in the row's own game directory.
+		{name: "state_dir symlink out", kind: "start", payload: start(`"state_dir": "{game}/link-out/x"`), wantErr: "pointing outside the game's directory"},
+		{name: "state_dir symlink to parent", kind: "start", payload: start(`"state_dir": "{game}/link-up/x"`), wantErr: "pointing outside the game's directory"},
+		{name: "state_dir dangling symlink", kind: "start", payload: start(`"state_dir": "{game}/link-dangling"`), wantErr: "does not resolve"},
+		{name: "state_dir through a file", kind: "start", payload: start(`"state_dir": "{game}/a-file/x"`), wantErr: "is not a directory"},
+		{name: "state_dir symlink to another game", kind: "start", payload: start(`"state_dir": "{game}/link-victim"`), wantErr: "pointing outside the game's directory"},
+		{name: "state_dir of another game", kind: "start", payload: start(`"state_dir": "{victim}"`), wantErr: "does not start with the game id"},
+		{name: "state_dir inside another game", kind: "start", payload: start(`"state_dir": "{victim}/x"`), wantErr: "does not start with the game id"},
+		{name: "state_dir beside the games", kind: "start", payload: start(`"state_dir": "shared/{game}"`), wantErr: "does not start with the game id"},
 		{name: "state_dir 5000 characters", kind: "start", payload: start(`"state_dir": "` + strings.Repeat("d", 5000) + `"`), wantErr: "state_dir"},
 		{name: "state_dir NUL", kind: "start", payload: start(`"state_dir": "a\u0000b"`), want: insertRefused, wantErr: "unicode escape"},
 		{name: "state_dir wrong type", kind: "start", payload: start(`"state_dir": ["a"]`), wantErr: "payload"},
@@ -184,14 +190,24 @@ func TestHostileJobs(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
 	h.startConsumer()
-	// Traps in the state root.
-	must(t, os.Symlink("/etc", filepath.Join(h.stateRoot, "link-out")))
-	must(t, os.Symlink("..", filepath.Join(h.stateRoot, "link-up")))
-	must(t, os.Symlink("/nonexistent-rtm", filepath.Join(h.stateRoot, "link-dangling")))
-	must(t, os.WriteFile(filepath.Join(h.stateRoot, "a-file"), nil, 0o600))
+	victim := h.game("victim")
+	cases := hostileCases(h.image)
+	// Traps in the own directory of every game whose state_dir goes
+	// through one.
+	for i, c := range cases {
+		if !strings.Contains(c.payload, "{game}/") {
+			continue
+		}
+		dir := filepath.Join(h.stateRoot, h.game(fmt.Sprintf("h%d", i)))
+		must(t, os.Mkdir(dir, 0o750))
+		must(t, os.Symlink("/etc", filepath.Join(dir, "link-out")))
+		must(t, os.Symlink("..", filepath.Join(dir, "link-up")))
+		must(t, os.Symlink("/nonexistent-rtm", filepath.Join(dir, "link-dangling")))
+		must(t, os.Symlink(filepath.Join(h.stateRoot, victim), filepath.Join(dir, "link-victim")))
+		must(t, os.WriteFile(filepath.Join(dir, "a-file"), nil, 0o600))
+	}
 	h.startAgent()
 
-	victim := h.game("victim")
 	vj := h.enqueue(victim, "start", startPayload(h.image), 0)
 	if !h.waitJobs(time.Minute, vj) || h.job(vj).Status != "succeeded" {
 		t.Fatalf("the victim game did not start: %+v", h.job(vj))
@@ -199,8 +215,8 @@ func TestHostileJobs(t *testing.T) {
 	before, err := h.store.GetRecord(h.ctx, victim)
 	must(t, err)
 	rootBefore := dirNames(t, h.stateRoot)
+	victimFiles := dirNames(t, filepath.Join(h.stateRoot, victim))
 
-	cases := hostileCases(h.image)
 	type row struct {
 		c    hostileCase
 		game string
@@ -225,8 +241,9 @@ func TestHostileJobs(t *testing.T) {
 		if c.sql != "" {
 			err = h.pool.QueryRow(h.ctx, fmt.Sprintf(c.sql+" RETURNING id", quoteLit(host), quoteLit(g))).Scan(&rows[i].id)
 		} else {
+			payload := strings.NewReplacer("{game}", g, "{victim}", victim).Replace(c.payload)
 			err = h.pool.QueryRow(h.ctx, `INSERT INTO jobs (host_id, game_id, kind, payload) VALUES ($1, $2, $3, $4::jsonb) RETURNING id`,
-				host, g, c.kind, c.payload).Scan(&rows[i].id)
+				host, g, c.kind, payload).Scan(&rows[i].id)
 		}
 		rows[i].err = err
 		if err == nil && c.want != untouched {
@@ -311,6 +328,9 @@ func TestHostileJobs(t *testing.T) {
 	must(t, err)
 	if !snapshotEqual(outbox.Snapshot(before), outbox.Snapshot(after)) {
 		bad(hostileCase{name: "victim"}, "the victim's record changed: %+v -> %+v", before, after)
+	}
+	if now := dirNames(t, filepath.Join(h.stateRoot, victim)); !slices.Equal(now, victimFiles) {
+		bad(hostileCase{name: "victim"}, "the victim's state directory changed: %q -> %q", victimFiles, now)
 	}
 	if c, err := h.eng.InspectContainer(h.ctx, before.CurrentContainerID); err != nil || !c.Running {
 		bad(hostileCase{name: "victim"}, "the victim's container is not running: %v", err)

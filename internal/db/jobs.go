@@ -111,16 +111,80 @@ func (s *Store) ListJobsByGame(ctx context.Context, gameID string) ([]Job, error
 	return jobsFromRows(rows), nil
 }
 
-// ClaimJobs takes up to max due jobs of host for owner, each at the head of
-// its game's line, and leases them for lease.
-func (s *Store) ClaimJobs(ctx context.Context, hostID, owner string, max int, lease time.Duration) ([]Job, error) {
+// MaxCancels bounds the cancel requests one Claim lists; a claim that lists
+// this many may have left some out, so the worker looks again.
+const MaxCancels = 100
+
+// Claim is what one claim statement returns: the jobs it claimed and the
+// state of the host's queue the worker waits on.
+type Claim struct {
+	// Jobs are the claimed jobs, now running under the owner's lease.
+	Jobs []Job
+	// NextDue is how long from the statement until the host's earliest
+	// job that is not yet due (and heads its game's line) falls due, at
+	// most a day; 0 when there is none. It is measured on the database's
+	// clock, so a timer armed with it is not thrown off by the agent's.
+	NextDue time.Duration
+	// CancelIDs are queued jobs of the host whose cancel was asked for
+	// (cancel_requested_at set by the Game Master), whatever their
+	// run_after; they are never claimed. At most MaxCancels.
+	CancelIDs []int64
+}
+
+// Claim takes up to max due jobs of host for owner, each at the head of its
+// game's line, leases them for lease, and reports the queue's next due time
+// and pending cancel requests, all in one statement.
+func (s *Store) Claim(ctx context.Context, hostID, owner string, max int, lease time.Duration) (Claim, error) {
 	rows, err := s.q.ClaimJobs(ctx, dbsqlc.ClaimJobsParams{
 		HostID: hostID, LeaseOwner: owner, MaxJobs: int32(max), LeaseMs: lease.Milliseconds(),
+		MaxCancels: MaxCancels,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claim jobs of host %s: %w", hostID, err)
+		return Claim{}, fmt.Errorf("claim jobs of host %s: %w", hostID, err)
 	}
-	return jobsFromRows(rows), nil
+	var c Claim
+	for i, r := range rows {
+		if i == 0 {
+			c.NextDue = time.Duration(r.NextDueInUs) * time.Microsecond
+			c.CancelIDs = r.CancelIds
+		}
+		if r.ID != nil {
+			c.Jobs = append(c.Jobs, claimedJob(r))
+		}
+	}
+	return c, nil
+}
+
+// ClaimJobs is Claim for callers that want only the claimed jobs.
+func (s *Store) ClaimJobs(ctx context.Context, hostID, owner string, max int, lease time.Duration) ([]Job, error) {
+	c, err := s.Claim(ctx, hostID, owner, max, lease)
+	return c.Jobs, err
+}
+
+// claimedJob turns a claimed row into a Job. The claim joins its jobs to
+// one row of queue state, so sqlc types every job column as nullable; a
+// claimed job has every NOT NULL column set.
+func claimedJob(r dbsqlc.ClaimJobsRow) Job {
+	return jobFromRow(dbsqlc.Job{
+		ID:                orZero(r.ID),
+		HostID:            orZero(r.HostID),
+		GameID:            orZero(r.GameID),
+		Kind:              orZero(r.Kind),
+		Payload:           r.Payload,
+		Status:            orZero(r.Status),
+		IdempotencyKey:    r.IdempotencyKey,
+		Traceparent:       r.Traceparent,
+		Attempt:           orZero(r.Attempt),
+		MaxAttempts:       orZero(r.MaxAttempts),
+		RunAfter:          orZero(r.RunAfter),
+		LeaseOwner:        r.LeaseOwner,
+		LeaseExpiresAt:    r.LeaseExpiresAt,
+		CancelRequestedAt: r.CancelRequestedAt,
+		LastError:         r.LastError,
+		CreatedAt:         orZero(r.CreatedAt),
+		StartedAt:         r.StartedAt,
+		FinishedAt:        r.FinishedAt,
+	})
 }
 
 // ExtendLeases renews owner's leases on ids. It returns the ids still held,
@@ -228,6 +292,15 @@ func (s *Store) RetryJob(ctx context.Context, j Job, owner string, delay time.Du
 		return Job{}, fmt.Errorf("retry job %d: %w", j.ID, err)
 	}
 	return jobFromRow(row), nil
+}
+
+// orZero is *p, or T's zero value for nil.
+func orZero[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
 }
 
 func jobsFromRows(rows []dbsqlc.Job) []Job {

@@ -162,3 +162,39 @@ func countTables(t *testing.T, u string) int {
 	}
 	return n
 }
+
+// TestMigration5KeepsTheMeaningOfAnInfiniteRunAfter: jobs written before
+// run_after had to be finite become due at once (-infinity) or at the
+// latest time PostgreSQL knows (infinity), and the migration applies.
+func TestMigration5KeepsTheMeaningOfAnInfiniteRunAfter(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u := pgtest.EmptyURL(t)
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateDown(ctx, u, int(db.SchemaVersion)-4, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind, run_after, created_at)
+		VALUES ('h', 'past', 'stop', '-infinity', '2026-01-02 03:04:05+00'), ('h', 'never', 'stop', 'infinity', now())`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var past, never string
+	if err := conn.QueryRow(ctx, `SELECT
+		(SELECT run_after AT TIME ZONE 'UTC' FROM jobs WHERE game_id = 'past')::text,
+		(SELECT run_after AT TIME ZONE 'UTC' FROM jobs WHERE game_id = 'never')::text`).Scan(&past, &never); err != nil {
+		t.Fatal(err)
+	}
+	if past != "2026-01-02 03:04:05" || never != "294276-12-31 23:59:59.999999" {
+		t.Fatalf("run_after after the migration: %q and %q", past, never)
+	}
+}

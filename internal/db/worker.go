@@ -41,6 +41,10 @@ func (s *Store) ReleaseJob(ctx context.Context, j Job, owner string) (Job, error
 // The job row is what decides, not the caller's earlier read: the cancel
 // of a queued job and its claim race on the row lock, and whichever
 // commits first wins; the loser sees the other's result.
+//
+// The agent cancels the queued jobs whose cancel the Game Master asked
+// for (cancel_requested_at) through this same path, so a cancel reads the
+// same whoever carries it out.
 func (s *Store) CancelJob(ctx context.Context, id int64) (Job, error) {
 	var out Job
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {

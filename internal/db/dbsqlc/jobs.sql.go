@@ -14,9 +14,10 @@ const claimJobs = `-- name: ClaimJobs :many
 WITH candidates AS (
     SELECT j.id
     FROM jobs j
-    WHERE j.host_id = $3
+    WHERE j.host_id = $1
       AND j.status = 'queued'
       AND j.run_after <= now()
+      AND j.cancel_requested_at IS NULL
       AND NOT EXISTS (
           SELECT 1 FROM jobs e
           WHERE e.game_id = j.game_id
@@ -24,44 +25,116 @@ WITH candidates AS (
             AND e.id < j.id
       )
     ORDER BY j.id
-    LIMIT $4
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE jobs
+    SET status = 'running',
+        attempt = jobs.attempt + 1,
+        lease_owner = $3::text,
+        lease_expires_at = now() + $4::bigint * interval '1 millisecond',
+        started_at = now()
+    FROM candidates
+    WHERE jobs.id = candidates.id
+    RETURNING jobs.id, jobs.host_id, jobs.game_id, jobs.kind, jobs.payload, jobs.status, jobs.idempotency_key, jobs.traceparent, jobs.attempt, jobs.max_attempts, jobs.run_after, jobs.lease_owner, jobs.lease_expires_at, jobs.cancel_requested_at, jobs.last_error, jobs.created_at, jobs.started_at, jobs.finished_at
+),
+queue AS (
+    SELECT
+        coalesce((
+         SELECT ceil(extract(epoch FROM least(n.run_after, now() + interval '1 day') - now()) * 1000000)::bigint
+         FROM jobs n
+         WHERE n.host_id = $1
+           AND n.status = 'queued'
+           AND n.run_after > now()
+           AND n.cancel_requested_at IS NULL
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs e
+               WHERE e.game_id = n.game_id
+                 AND e.status IN ('queued', 'running')
+                 AND e.id < n.id
+           )
+         ORDER BY n.run_after
+         LIMIT 1), 0)::bigint AS next_due_in_us,
+        ARRAY(
+            SELECT c.id
+            FROM jobs c
+            WHERE c.host_id = $1
+              AND c.status = 'queued'
+              AND c.cancel_requested_at IS NOT NULL
+            ORDER BY c.id
+            LIMIT $5
+        )::bigint[] AS cancel_ids
 )
-UPDATE jobs
-SET status = 'running',
-    attempt = jobs.attempt + 1,
-    lease_owner = $1::text,
-    lease_expires_at = now() + $2::bigint * interval '1 millisecond',
-    started_at = now()
-FROM candidates
-WHERE jobs.id = candidates.id
-RETURNING jobs.id, jobs.host_id, jobs.game_id, jobs.kind, jobs.payload, jobs.status, jobs.idempotency_key, jobs.traceparent, jobs.attempt, jobs.max_attempts, jobs.run_after, jobs.lease_owner, jobs.lease_expires_at, jobs.cancel_requested_at, jobs.last_error, jobs.created_at, jobs.started_at, jobs.finished_at
+SELECT claimed.id, claimed.host_id, claimed.game_id, claimed.kind, claimed.payload, claimed.status, claimed.idempotency_key, claimed.traceparent, claimed.attempt, claimed.max_attempts, claimed.run_after, claimed.lease_owner, claimed.lease_expires_at, claimed.cancel_requested_at, claimed.last_error, claimed.created_at, claimed.started_at, claimed.finished_at, queue.next_due_in_us, queue.cancel_ids
+FROM queue
+LEFT JOIN claimed ON true
 `
 
 type ClaimJobsParams struct {
-	LeaseOwner string
-	LeaseMs    int64
 	HostID     string
 	MaxJobs    int32
+	LeaseOwner string
+	LeaseMs    int64
+	MaxCancels int32
+}
+
+type ClaimJobsRow struct {
+	ID                *int64
+	HostID            *string
+	GameID            *string
+	Kind              *string
+	Payload           []byte
+	Status            *string
+	IdempotencyKey    *string
+	Traceparent       *string
+	Attempt           *int32
+	MaxAttempts       *int32
+	RunAfter          *time.Time
+	LeaseOwner        *string
+	LeaseExpiresAt    *time.Time
+	CancelRequestedAt *time.Time
+	LastError         *string
+	CreatedAt         *time.Time
+	StartedAt         *time.Time
+	FinishedAt        *time.Time
+	NextDueInUs       int64
+	CancelIds         []int64
 }
 
 // Claims, for one host, up to max_jobs queued jobs that are due and at the
 // head of their game's line (no earlier unfinished job of the same game), so
-// the jobs of one game run one at a time in insertion order.
-func (q *Queries) ClaimJobs(ctx context.Context, arg ClaimJobsParams) ([]Job, error) {
+// the jobs of one game run one at a time in insertion order. A job whose
+// cancel was asked for is never claimed: it is listed instead.
+//
+// In the same statement (so an idle poll stays one statement) it reports
+// what the agent needs to wait well: next_due_in_us, how long from now
+// (microseconds, at least 1, at most a day: the agent polls more often
+// than that, and a Go duration ends at 292 years) until the earliest job
+// not yet due that heads its game's line falls due, 0 when there is none,
+// for a timer; and cancel_ids, queued jobs of the host whose cancel was asked
+// for, whatever their run_after or place in line, for the agent to cancel
+// at once. Both read the statement's snapshot, taken before the claim: a
+// job claimed here still counts as unfinished and so still holds back its
+// game's later jobs, as it should.
+//
+// There is always exactly one row of queue state; the claimed jobs are
+// joined to it, so a claim of nothing returns one row with a NULL id.
+func (q *Queries) ClaimJobs(ctx context.Context, arg ClaimJobsParams) ([]ClaimJobsRow, error) {
 	rows, err := q.db.Query(ctx, claimJobs,
-		arg.LeaseOwner,
-		arg.LeaseMs,
 		arg.HostID,
 		arg.MaxJobs,
+		arg.LeaseOwner,
+		arg.LeaseMs,
+		arg.MaxCancels,
 	)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []Job
+	var items []ClaimJobsRow
 	for rows.Next() {
-		var i Job
+		var i ClaimJobsRow
 		if err := rows.Scan(
 			&i.ID,
 			&i.HostID,
@@ -81,6 +154,8 @@ func (q *Queries) ClaimJobs(ctx context.Context, arg ClaimJobsParams) ([]Job, er
 			&i.CreatedAt,
 			&i.StartedAt,
 			&i.FinishedAt,
+			&i.NextDueInUs,
+			&i.CancelIds,
 		); err != nil {
 			return nil, err
 		}

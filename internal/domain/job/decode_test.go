@@ -170,6 +170,11 @@ func TestDecodeRefusesHostileJobs(t *testing.T) {
 		{name: "state dir newline", kind: "start", raw: startWith(`"state_dir":"a\nb"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
 		{name: "state dir too long", kind: "start", raw: startWith(`"state_dir":"` + strings.Repeat("a/", 600) + `"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
 		{name: "state dir long element", kind: "start", raw: startWith(`"state_dir":"` + strings.Repeat("a", 300) + `"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
+		{name: "state dir of another game", kind: "start", raw: startWith(`"state_dir":"g2"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
+		{name: "state dir inside another game", kind: "start", raw: startWith(`"state_dir":"g2/g1"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
+		{name: "state dir sharing a prefix", kind: "start", raw: startWith(`"state_dir":"g10/x"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
+		{name: "state dir beside the games", kind: "start", raw: startWith(`"state_dir":"games/g1"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
+		{name: "state dir into another game", kind: "start", raw: startWith(`"state_dir":"g1/../g2"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
 		{name: "state dir unicode", kind: "start", raw: startWith(`"state_dir":"gäme"`), want: ErrStateDirOutsideRoot, field: "state_dir"},
 
 		// Stop timeouts.
@@ -232,13 +237,13 @@ func TestDecodeValid(t *testing.T) {
 			StatePath: testRoot + "/g1", Limits: def, StopTimeout: 30 * time.Second,
 		}},
 		{name: "full start", kind: "start",
-			raw: " \n" + startWith(`"env":{"Z":"last","A_1":"x=y","_u":""},"limits":{"memory_bytes":1073741824,"pids_limit":64},"state_dir":"games/g1/"`) + "\n",
+			raw: " \n" + startWith(`"env":{"Z":"last","A_1":"x=y","_u":""},"limits":{"memory_bytes":1073741824,"pids_limit":64},"state_dir":"g1/season-2/"`) + "\n",
 			want: Spec{
 				Payload: StartPayload{
 					ImageRef: engine, Env: map[string]string{"Z": "last", "A_1": "x=y", "_u": ""},
-					Limits: Limits{MemoryBytes: 1 << 30, PidsLimit: 64}, StateDir: "games/g1/",
+					Limits: Limits{MemoryBytes: 1 << 30, PidsLimit: 64}, StateDir: "g1/season-2/",
 				},
-				ImageRef: engine, StatePath: testRoot + "/games/g1",
+				ImageRef: engine, StatePath: testRoot + "/g1/season-2",
 				Env:         []string{"A_1=x=y", "Z=last", "_u="},
 				Limits:      Limits{MemoryBytes: 1 << 30, NanoCPUs: def.NanoCPUs, PidsLimit: 64},
 				StopTimeout: 30 * time.Second,
@@ -395,6 +400,8 @@ func TestSpecValidateRefusesTamperedSpecs(t *testing.T) {
 		"escaped state path":  {with(good, func(s *Spec) { s.StatePath = testRoot + "/../etc" }), ErrStateDirOutsideRoot},
 		"root as state path":  {with(good, func(s *Spec) { s.StatePath = testRoot }), ErrStateDirOutsideRoot},
 		"sibling state path":  {with(good, func(s *Spec) { s.StatePath = testRoot + "-evil/g1" }), ErrStateDirOutsideRoot},
+		"other game's path":   {with(good, func(s *Spec) { s.StatePath = testRoot + "/g2" }), ErrStateDirOutsideRoot},
+		"prefix game's path":  {with(good, func(s *Spec) { s.StatePath = testRoot + "/g10/x" }), ErrStateDirOutsideRoot},
 		"image not allowed":   {with(good, func(s *Spec) { s.ImageRef = "evil/engine" }), ErrImageNotAllowed},
 		"env injected":        {with(good, func(s *Spec) { s.Env = append(s.Env, "B=1\nC=2") }), ErrInvalidEnv},
 		"env unsorted":        {with(good, func(s *Spec) { s.Env = []string{"B=1", "A=1"} }), ErrInvalidEnv},

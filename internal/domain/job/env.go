@@ -7,8 +7,6 @@ import (
 )
 
 const (
-	// maxEnvNameBytes bounds a variable name.
-	maxEnvNameBytes = 256
 	// ReservedEnvPrefix starts the names the agent sets itself; a job may
 	// not set or override them (compared case-insensitively, to leave no
 	// look-alike).
@@ -74,8 +72,8 @@ func (p Policy) checkEnvVar(name, value string) error {
 	switch {
 	case name == "":
 		return bad("the name is empty; " + envNameRule)
-	case len(name) > maxEnvNameBytes:
-		return bad(fmt.Sprintf("the name is %d bytes long, over the limit of %d", len(name), maxEnvNameBytes))
+	case len(name) > MaxEnvNameBytes:
+		return bad(fmt.Sprintf("the name is %d bytes long, over the limit of %d", len(name), MaxEnvNameBytes))
 	case !isEnvName(name):
 		return bad("the name is not valid; " + envNameRule)
 	case strings.HasPrefix(strings.ToUpper(name), ReservedEnvPrefix):

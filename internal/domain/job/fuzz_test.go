@@ -10,7 +10,7 @@ import (
 // refusal must be a permanent *FieldError, and every accepted job must
 // pass its own validation with a state path inside the root.
 func FuzzDecode(f *testing.F) {
-	f.Add("start", "g1", []byte(startWith(`"env":{"A":"1"},"limits":{"memory_bytes":1073741824},"state_dir":"a/b"`)))
+	f.Add("start", "g1", []byte(startWith(`"env":{"A":"1"},"limits":{"memory_bytes":1073741824},"state_dir":"g1/a/b"`)))
 	f.Add("start", "g1", []byte(startWith(`"state_dir":"../../etc"`)))
 	f.Add("start", "g-2", []byte(`{"image_ref":"galaxy/engine@sha256:`+digestHex+`"}`))
 	f.Add("change_image", "g1", []byte(`{"image_ref":"nginx:1.25","env":{"RTM_X":"1"}}`))
@@ -37,8 +37,8 @@ func FuzzDecode(f *testing.F) {
 		if err := spec.Validate(p); err != nil {
 			t.Fatalf("accepted spec %+v fails validation: %v", spec, err)
 		}
-		if spec.Kind == KindStart && !insideRoot(p.StateRoot, spec.StatePath) {
-			t.Fatalf("state path %q is not inside %q", spec.StatePath, p.StateRoot)
+		if spec.Kind == KindStart && !InsideGameDir(p.StateRoot, gameID, spec.StatePath) {
+			t.Fatalf("state path %q is not inside the directory of game %q in %q", spec.StatePath, gameID, p.StateRoot)
 		}
 		if string(spec.Kind) != kind || spec.GameID != gameID {
 			t.Fatalf("spec %+v does not describe job %q %q", spec, kind, gameID)

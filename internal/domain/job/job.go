@@ -125,8 +125,9 @@ var (
 	// ErrImageNotAllowed reports an image outside the allow-list.
 	ErrImageNotAllowed = errors.New("image not allowed")
 	// ErrStateDirOutsideRoot reports a state directory that is not a
-	// plain relative path inside the state root.
-	ErrStateDirOutsideRoot = errors.New("state directory outside the state root")
+	// plain relative path inside the state root, or not inside the
+	// game's own directory there.
+	ErrStateDirOutsideRoot = errors.New("state directory outside the game's own directory")
 	// ErrInvalidLimits reports a negative or out-of-range resource limit.
 	ErrInvalidLimits = errors.New("invalid resource limits")
 	// ErrInvalidEnv reports an environment variable that is malformed,

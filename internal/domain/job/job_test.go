@@ -147,9 +147,27 @@ func TestResolveStatePath(t *testing.T) {
 	if err != nil || got != "/srv/state/g1" {
 		t.Fatalf("ResolveStatePath default = %q, %v", got, err)
 	}
-	got, err = ResolveStatePath("/srv/state", "g1", "./a//b/./c/")
-	if err != nil || got != "/srv/state/a/b/c" {
-		t.Fatalf("ResolveStatePath = %q, %v", got, err)
+	for dir, want := range map[string]string{
+		"g1":            "/srv/state/g1",
+		"g1/":           "/srv/state/g1",
+		"./g1//b/./c/":  "/srv/state/g1/b/c",
+		"g1/season-2":   "/srv/state/g1/season-2",
+		"g1/g2":         "/srv/state/g1/g2",
+		"g1/.":          "/srv/state/g1",
+		"./g1/x.y_z-1/": "/srv/state/g1/x.y_z-1",
+	} {
+		got, err := ResolveStatePath("/srv/state", "g1", dir)
+		if err != nil || got != want {
+			t.Errorf("ResolveStatePath(%q) = %q, %v; want %q", dir, got, err, want)
+		}
+	}
+	// Another game's directory, or anything beside the game's own, is
+	// refused with an error that says so.
+	for _, dir := range []string{"g2", "g2/g1", "g10", "g1x/y", "games/g1", "a/g1", "./g2/", "x"} {
+		_, err := ResolveStatePath("/srv/state", "g1", dir)
+		if !errors.Is(err, ErrStateDirOutsideRoot) || !strings.Contains(err.Error(), `does not start with the game id "g1"`) {
+			t.Errorf("state_dir %q for game g1: %v, want ErrStateDirOutsideRoot naming the game's directory", dir, err)
+		}
 	}
 	for _, root := range []string{"", "srv/state", "/srv/state/", "/srv/../state", "/"} {
 		if _, err := ResolveStatePath(root, "g1", ""); !errors.Is(err, ErrInvalidPolicy) {

@@ -29,7 +29,7 @@ type StartPayload struct {
 	// Limits are the container's resource limits; zeros take defaults.
 	Limits Limits `json:"limits,omitempty"`
 	// StateDir is the state directory relative to the policy's state
-	// root; empty means the game id.
+	// root: empty (the game id), the game id, or a path below it.
 	StateDir string `json:"state_dir,omitempty"`
 }
 
@@ -85,8 +85,9 @@ type Spec struct {
 	// ImageRef is the image to run, as written in the payload (start and
 	// change_image only).
 	ImageRef string
-	// StatePath is the absolute, clean host path of the state directory,
-	// strictly inside the state root (start only).
+	// StatePath is the absolute, clean host path of the state directory:
+	// the game's own directory under the state root or a directory inside
+	// it (start only).
 	StatePath string
 	// Env is the environment as sorted "NAME=value" entries (start and
 	// change_image only).
@@ -215,8 +216,9 @@ func (s Spec) Validate(p Policy) error {
 		if err := validateStateRoot(p.StateRoot); err != nil {
 			return err
 		}
-		if !insideRoot(p.StateRoot, s.StatePath) {
-			return fieldErr("state_dir", ErrStateDirOutsideRoot, fmt.Sprintf("state path %s is not a clean path strictly inside %s", quote(s.StatePath), quote(p.StateRoot)))
+		if !InsideGameDir(p.StateRoot, s.GameID, s.StatePath) {
+			return fieldErr("state_dir", ErrStateDirOutsideRoot, fmt.Sprintf("state path %s is not a clean path in the game's own directory %s",
+				quote(s.StatePath), quote(GameDir(p.StateRoot, s.GameID))))
 		}
 	} else if s.StatePath != "" {
 		return fieldErr("state_dir", ErrInvalidPayload, fmt.Sprintf("a %s job takes no state path", s.Kind))
@@ -263,9 +265,6 @@ func kindList() string {
 	}
 	return strings.Join(names, ", ")
 }
-
-// maxJSONDepth bounds nesting; the deepest valid payload has two levels.
-const maxJSONDepth = 8
 
 // decodeStrict decodes raw into the struct v points to, refusing what
 // encoding/json lets through: keys that match a field only when case is
@@ -364,8 +363,8 @@ func shapeOf(t reflect.Type) *shape {
 // walkObject reads the members of an object whose '{' was consumed,
 // checking keys against sh (nil: only duplicates are checked).
 func walkObject(dec *json.Decoder, sh *shape, path string, depth int) error {
-	if depth > maxJSONDepth {
-		return fieldErr(fieldPath(path), ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", maxJSONDepth))
+	if depth > MaxJSONDepth {
+		return fieldErr(fieldPath(path), ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", MaxJSONDepth))
 	}
 	seen := map[string]bool{}
 	for dec.More() {
@@ -407,8 +406,8 @@ func walkValue(dec *json.Decoder, sh *shape, path string, depth int) error {
 	case json.Delim('{'):
 		return walkObject(dec, sh, path, depth+1)
 	case json.Delim('['):
-		if depth+1 > maxJSONDepth {
-			return fieldErr(path, ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", maxJSONDepth))
+		if depth+1 > MaxJSONDepth {
+			return fieldErr(path, ErrInvalidPayload, fmt.Sprintf("nests deeper than %d levels", MaxJSONDepth))
 		}
 		for dec.More() {
 			if err := walkValue(dec, nil, path, depth+1); err != nil {

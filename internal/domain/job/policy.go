@@ -18,14 +18,6 @@ type Limits struct {
 	PidsLimit int64 `json:"pids_limit,omitempty"`
 }
 
-// Smallest limits Docker accepts; refusing less here makes the job fail
-// with a clear error instead of a daemon error after retries.
-const (
-	minMemoryBytes = 6 << 20    // the daemon refuses less than 6 MiB
-	minNanoCPUs    = 10_000_000 // the daemon refuses less than 0.01 CPU
-	minPidsLimit   = 1
-)
-
 // Policy is the agent's configuration for validating jobs.
 type Policy struct {
 	// AllowedImages lists the images jobs may run; see CheckImage for
@@ -48,25 +40,26 @@ type Policy struct {
 	MaxEnvValueBytes int
 }
 
-// DefaultPolicy returns the default bounds. AllowedImages and StateRoot
+// DefaultPolicy returns the bounds of bounds.go, which the agent uses and
+// the contract states. AllowedImages and StateRoot
 // are left empty: they depend on the deployment and must be configured.
 func DefaultPolicy() Policy {
 	return Policy{
 		DefaultLimits: Limits{
-			MemoryBytes: 512 << 20,
-			NanoCPUs:    1_000_000_000,
-			PidsLimit:   512,
+			MemoryBytes: DefaultMemoryBytes,
+			NanoCPUs:    DefaultNanoCPUs,
+			PidsLimit:   DefaultPidsLimit,
 		},
 		MaxLimits: Limits{
-			MemoryBytes: 8 << 30,
-			NanoCPUs:    8_000_000_000,
-			PidsLimit:   8192,
+			MemoryBytes: MaxMemoryBytes,
+			NanoCPUs:    MaxNanoCPUs,
+			PidsLimit:   MaxPidsLimit,
 		},
-		MaxPayloadBytes:    64 << 10,
-		DefaultStopTimeout: 30 * time.Second,
-		MaxStopTimeout:     10 * time.Minute,
-		MaxEnvVars:         128,
-		MaxEnvValueBytes:   8 << 10,
+		MaxPayloadBytes:    MaxPayloadBytes,
+		DefaultStopTimeout: DefaultStopTimeoutSeconds * time.Second,
+		MaxStopTimeout:     MaxStopTimeoutSeconds * time.Second,
+		MaxEnvVars:         MaxEnvVars,
+		MaxEnvValueBytes:   MaxEnvValueBytes,
 	}
 }
 
@@ -122,11 +115,13 @@ type limitField struct {
 }
 
 // limitFields lists the limits of l with their bounds, in payload order.
+// The minima are Docker's: refusing less here makes the job fail with a
+// clear error instead of a daemon error after retries.
 func limitFields(l, maxLimits Limits) []limitField {
 	return []limitField{
-		{name: "limits.memory_bytes", value: l.MemoryBytes, min: minMemoryBytes, max: maxLimits.MemoryBytes},
-		{name: "limits.nano_cpus", value: l.NanoCPUs, min: minNanoCPUs, max: maxLimits.NanoCPUs},
-		{name: "limits.pids_limit", value: l.PidsLimit, min: minPidsLimit, max: maxLimits.PidsLimit},
+		{name: "limits.memory_bytes", value: l.MemoryBytes, min: MinMemoryBytes, max: maxLimits.MemoryBytes},
+		{name: "limits.nano_cpus", value: l.NanoCPUs, min: MinNanoCPUs, max: maxLimits.NanoCPUs},
+		{name: "limits.pids_limit", value: l.PidsLimit, min: MinPidsLimit, max: maxLimits.PidsLimit},
 	}
 }
 

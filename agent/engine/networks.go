@@ -1,0 +1,95 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/client"
+)
+
+// EnsureNetwork implements Engine. A missing network is created as a bridge
+// labelled managed and with this host id; an existing network of that name
+// is used as it is (an operator may pre-create it).
+//
+// Docker before API 1.44 lets two networks share a name (the create only
+// warns), and the client cannot ask for the old CheckDuplicate flag. One
+// agent serialises its own calls, but agents of other host ids on the same
+// daemon can create at the same moment. So every call lists the networks
+// of that exact name, and when there are several, all parties converge on
+// the oldest: the others that carry our managed label are removed when
+// nothing is attached to them. Two creators that each list before the
+// other's create is visible may both return with a duplicate standing; the
+// next call on that daemon removes it.
+func (d *Docker) EnsureNetwork(ctx context.Context, name string) error {
+	if name == "" {
+		return errors.New("ensure network: empty name")
+	}
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	ctx, cancel := d.callCtx(ctx, 0)
+	defer cancel()
+
+	same, err := d.networksNamed(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(same) == 0 {
+		_, err := d.cli.NetworkCreate(ctx, name, client.NetworkCreateOptions{
+			Driver: "bridge",
+			Labels: map[string]string{LabelManaged: "true", LabelHost: d.hostID},
+		})
+		if err != nil && !cerrdefs.IsConflict(err) && !strings.Contains(err.Error(), "already exists") {
+			return fmt.Errorf("create network %s: %w", name, err)
+		}
+		// A conflict: someone else won the race (API >= 1.44 refuses
+		// duplicates). Either way, look at what stands now.
+		if same, err = d.networksNamed(ctx, name); err != nil {
+			return err
+		}
+	}
+	if len(same) <= 1 {
+		return nil
+	}
+	winner := slices.MinFunc(same, func(a, b namedNetwork) int {
+		if c := a.created.Compare(b.created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	for _, n := range same {
+		if n.id == winner.id || !n.managed {
+			continue
+		}
+		// Fails while containers are attached: left for a later call.
+		_, _ = d.cli.NetworkRemove(ctx, n.id, client.NetworkRemoveOptions{})
+	}
+	return nil
+}
+
+type namedNetwork struct {
+	id      string
+	created time.Time
+	managed bool
+}
+
+// networksNamed lists the networks whose name is exactly name.
+func (d *Docker) networksNamed(ctx context.Context, name string) ([]namedNetwork, error) {
+	list, err := d.cli.NetworkList(ctx, client.NetworkListOptions{
+		Filters: make(client.Filters).Add("name", name),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list networks named %s: %w", name, err)
+	}
+	var same []namedNetwork
+	for _, n := range list.Items {
+		if n.Name == name { // the filter matches substrings
+			same = append(same, namedNetwork{n.ID, time.Time(n.Created), n.Labels[LabelManaged] == "true"})
+		}
+	}
+	return same, nil
+}

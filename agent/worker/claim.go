@@ -1,0 +1,82 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/job"
+)
+
+// claim runs the claim statement (db.Store.Claim): it fills the free
+// slots, cancels the queued jobs whose cancel was asked for, and arms due
+// for the next job that is not yet due, so that a scheduled job (or a
+// retry after its backoff) is claimed when it falls due rather than at the
+// next poll. It reports whether there may be more to do at once: every
+// free slot was filled, or a cancel let a game's next job through.
+//
+// With every slot taken it still runs the statement, claiming nothing, to
+// see cancel requests and the next due time at once, except when the loop
+// is only looking again after a claim of its own (again): then nothing new
+// can have arrived, and a freed slot wakes the loop anyway.
+func (w *Worker) claim(ctx context.Context, due *time.Timer, again bool) bool {
+	w.mu.Lock()
+	free := max(w.cfg.Concurrency-len(w.inflight), 0)
+	w.mu.Unlock()
+	if free == 0 && again {
+		return false
+	}
+	sent := time.Now()
+	c, err := w.store.Claim(ctx, w.cfg.HostID, w.cfg.Owner, free, w.cfg.LeaseDuration)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("claiming jobs failed; retrying at the next poll", "host_id", w.cfg.HostID, "err", err)
+		}
+		return false
+	}
+	w.start(c.Jobs, sent, time.Now())
+	// NextDue is counted from the statement's start on the database's
+	// clock; counting it from now errs on the late side by a round trip,
+	// never early.
+	if c.NextDue > 0 {
+		due.Reset(c.NextDue)
+	} else {
+		due.Stop()
+	}
+	more := free > 0 && len(c.Jobs) == free
+	if len(c.CancelIDs) > 0 && w.cancelRequested(ctx, c.CancelIDs) {
+		more = true
+	}
+	return more
+}
+
+// cancelRequested cancels queued jobs whose cancel the Game Master asked
+// for (cancel_requested_at), each in a transaction of its own that takes
+// the game's lock before its first write and appends the job.cancelled
+// event: the same path as rtmclient.CancelJob. A job claimed or finished
+// meanwhile (by another worker of the host, or the Game Master's client)
+// is left to whoever has it. It reports whether the loop should look
+// again: a job was cancelled (its game's next job may now be due) or the
+// list was full.
+func (w *Worker) cancelRequested(ctx context.Context, ids []int64) bool {
+	more := false
+	for _, id := range ids {
+		j, err := w.store.CancelJob(ctx, id)
+		switch {
+		case errors.Is(err, db.ErrJobFinished), errors.Is(err, db.ErrJobNotFound):
+			continue
+		case err != nil:
+			if ctx.Err() == nil {
+				w.log.Warn("cancelling a job on request failed; retrying at the next poll", "job_id", id, "err", err)
+			}
+			return more
+		case j.Status == job.StatusCancelled:
+			more = true
+			w.cancelled.Add(1)
+			w.metrics.outcome(kindAttr(j.Kind), string(job.StatusCancelled))
+			w.log.Info("job cancelled on request before it ran", "job_id", j.ID, "game_id", j.GameID, "kind", j.Kind, "run_after", j.RunAfter)
+		}
+	}
+	return more || len(ids) >= db.MaxCancels
+}
