@@ -107,6 +107,26 @@ func Build(ctx context.Context, imp Importer, ref string) (string, error) {
 	return ref, nil
 }
 
+// BuildVariant imports the engine as ref with one more label ("k=v"): an
+// image that runs the same program but is another image, with an id and
+// a registry digest of its own, for tests of image changes and pulls. It
+// imports every time.
+func BuildVariant(ctx context.Context, imp Importer, ref, label string) error {
+	bin, err := Compile(ctx)
+	if err != nil {
+		return err
+	}
+	rootfs, err := rootfsTar(bin)
+	if err != nil {
+		return fmt.Errorf("build engine image %s: %w", ref, err)
+	}
+	changes := []string{`CMD ["/engine"]`, fmt.Sprintf("EXPOSE %d/tcp", Port), "LABEL " + label}
+	if err := imp.ImportImage(ctx, ref, bytes.NewReader(rootfs), changes); err != nil {
+		return fmt.Errorf("build engine image %s: %w", ref, err)
+	}
+	return nil
+}
+
 // hasTag reports whether ref names a tag or digest (a ':' or '@' after the
 // last '/', so that a registry port is not mistaken for a tag).
 func hasTag(ref string) bool {

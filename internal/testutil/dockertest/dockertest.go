@@ -265,3 +265,30 @@ func UniqueImage(t testing.TB, ref string, size int) string {
 	})
 	return id
 }
+
+// EngineImageVariant imports the test engine as ref with a label of its
+// own: it runs like EngineImage but is another image (another id and
+// digest). It is removed at cleanup, with every tag it has by then.
+func EngineImageVariant(t testing.TB, ref string) string {
+	t.Helper()
+	d := Engine(t, "dockertest-variant")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := engineimage.BuildVariant(ctx, d, ref, "com.galaxy.rtmanager-test.variant="+UniqueName(t)); err != nil {
+		t.Fatalf("build engine image variant %s: %v", ref, err)
+	}
+	cli := Client(t)
+	res, err := cli.ImageInspect(ctx, ref)
+	if err != nil {
+		t.Fatalf("inspect engine image variant %s: %v", ref, err)
+	}
+	id := res.ID
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := cli.ImageRemove(ctx, id, client.ImageRemoveOptions{Force: true}); err != nil && !isGone(err) {
+			t.Errorf("cleanup: remove image %s (%s): %v", ref, id, err)
+		}
+	})
+	return id
+}
