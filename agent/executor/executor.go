@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/agent/imageuse"
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
@@ -56,6 +57,11 @@ type Config struct {
 	StateMountTarget string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Images, when set, is the guard shared with image garbage
+	// collection: a job holds its image while it makes it present and
+	// creates its container, so the collector never removes it under the
+	// job.
+	Images *imageuse.Guard
 }
 
 // Executor implements worker.Executor on an engine.
@@ -82,6 +88,9 @@ func New(eng engine.Engine, intents *intent.Registry, cfg Config) *Executor {
 func (e *Executor) Execute(ctx context.Context, t worker.Task) (worker.Result, error) {
 	if e.cfg.Records == nil {
 		return worker.Result{}, errors.New("executor: no record reader configured")
+	}
+	if t.Spec.ImageRef != "" {
+		defer e.cfg.Images.Use(t.Spec.ImageRef)()
 	}
 	if t.Spec.Kind == job.KindPull {
 		// A pull touches no container and no record: it runs whatever
