@@ -268,13 +268,22 @@ func UniqueImage(t testing.TB, ref string, size int) string {
 
 // EngineImageVariant imports the test engine as ref with a label of its
 // own: it runs like EngineImage but is another image (another id and
-// digest). It is removed at cleanup, with every tag it has by then.
+// digest). It is removed at cleanup, with every tag it has by then. Call
+// it before creating the containers that use it, so that its cleanup
+// runs after theirs.
 func EngineImageVariant(t testing.TB, ref string) string {
+	return EngineImageVariantPadded(t, ref, 0)
+}
+
+// EngineImageVariantPadded is EngineImageVariant whose layer also holds
+// padding random bytes: it shares no layer with any other image, so a
+// pull of it downloads everything.
+func EngineImageVariantPadded(t testing.TB, ref string, padding int) string {
 	t.Helper()
 	d := Engine(t, "dockertest-variant")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := engineimage.BuildVariant(ctx, d, ref, "com.galaxy.rtmanager-test.variant="+UniqueName(t)); err != nil {
+	if err := engineimage.BuildVariant(ctx, d, ref, "com.galaxy.rtmanager-test.variant="+UniqueName(t), padding); err != nil {
 		t.Fatalf("build engine image variant %s: %v", ref, err)
 	}
 	cli := Client(t)
@@ -286,6 +295,14 @@ func EngineImageVariant(t testing.TB, ref string) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
+		// The image is the test's own: so are the containers of it that
+		// the test's other cleanups have not removed yet.
+		cs, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("ancestor", id)})
+		if err == nil {
+			for _, c := range cs.Items {
+				_, _ = cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+			}
+		}
 		if _, err := cli.ImageRemove(ctx, id, client.ImageRemoveOptions{Force: true}); err != nil && !isGone(err) {
 			t.Errorf("cleanup: remove image %s (%s): %v", ref, id, err)
 		}
