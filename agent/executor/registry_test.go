@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/agent/executor"
 	"github.com/galaxy/rtmanager/agent/worker"

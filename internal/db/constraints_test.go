@@ -55,7 +55,7 @@ func rawParams(r runtime.RuntimeRecord) dbsqlc.UpsertRecordParams {
 		GameID: r.GameID, HostID: r.HostID, Status: string(r.Status),
 		CurrentContainerID: str(r.CurrentContainerID), CurrentImageRef: str(r.CurrentImageRef),
 		CurrentImageDigest: str(r.CurrentImageDigest),
-		EngineEndpoint: r.EngineEndpoint, StatePath: r.StatePath, DockerNetwork: r.DockerNetwork,
+		EngineEndpoint:     r.EngineEndpoint, StatePath: r.StatePath, DockerNetwork: r.DockerNetwork,
 		StartedAt: r.StartedAt, StoppedAt: r.StoppedAt, RemovedAt: r.RemovedAt,
 		LastOpAt: r.LastOpAt, CreatedAt: r.CreatedAt,
 	}
