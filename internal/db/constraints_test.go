@@ -53,9 +53,8 @@ func rawParams(r runtime.RuntimeRecord) dbsqlc.UpsertRecordParams {
 	}
 	return dbsqlc.UpsertRecordParams{
 		GameID: r.GameID, HostID: r.HostID, Status: string(r.Status),
-		CurrentContainerID: str(r.CurrentContainerID), CurrentImageRef: str(r.CurrentImageRef),
-		CurrentImageDigest: str(r.CurrentImageDigest),
-		EngineEndpoint:     r.EngineEndpoint, StatePath: r.StatePath, DockerNetwork: r.DockerNetwork,
+		CurrentContainerID: str(r.CurrentContainerID), CurrentImageRef: str(r.CurrentImageRef), CurrentImageDigest: str(r.CurrentImageDigest),
+		EngineEndpoint: r.EngineEndpoint, StatePath: r.StatePath, DockerNetwork: r.DockerNetwork,
 		StartedAt: r.StartedAt, StoppedAt: r.StoppedAt, RemovedAt: r.RemovedAt,
 		LastOpAt: r.LastOpAt, CreatedAt: r.CreatedAt,
 	}
