@@ -1,6 +1,7 @@
 package registry_test
 
 import (
+	"context"
 	"testing"
 
 	"github.com/moby/moby/client"
@@ -39,7 +40,9 @@ func TestRegistry(t *testing.T) {
 				if _, err := cli.ImageTag(t.Context(), client.ImageTagOptions{Source: img, Target: r.Ref("galaxy/engine:anon")}); err != nil {
 					t.Fatal(err)
 				}
-				t.Cleanup(func() { _, _ = cli.ImageRemove(t.Context(), r.Ref("galaxy/engine:anon"), client.ImageRemoveOptions{}) })
+				t.Cleanup(func() {
+					_, _ = cli.ImageRemove(context.Background(), r.Ref("galaxy/engine:anon"), client.ImageRemoveOptions{})
+				})
 				resp2, err := cli.ImagePush(t.Context(), r.Ref("galaxy/engine:anon"), client.ImagePushOptions{RegistryAuth: "e30="}) // {}
 				if err == nil {
 					err = resp2.Wait(t.Context())
