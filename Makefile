@@ -45,8 +45,10 @@ test-disruptive: ## tests that restart the dockerd behind DOCKER_HOST (make test
 # its containerd image store.
 DOCKER_CURRENT    ?= scripts/docker-current.sh
 DOCKER_TEST_PKGS  := ./agent/engine/ ./agent/executor/ ./agent/watcher/ ./agent/reconcile/ ./agent/sweeper/ \
-	./agent/app/ ./agent/cli/ ./internal/engineimage/ ./internal/testutil/dockerd/ ./deploy/ ./e2e/...
-IMAGE_TEST_PKGS   := ./agent/engine/ ./internal/engineimage/ ./agent/executor/ ./deploy/
+	./agent/app/ ./agent/cli/ ./internal/engineimage/ ./internal/testutil/dockerd/ ./internal/testutil/registry/ \
+	./deploy/ ./e2e/...
+IMAGE_TEST_PKGS   := ./agent/engine/ ./internal/engineimage/ ./internal/testutil/registry/ ./agent/executor/ \
+	./agent/sweeper/ ./deploy/
 
 test-docker-current: ## the Docker tests (restarts included) against a current Docker beside the system's (root; CI runs it)
 	host=$$(RTM_DOCKER_CURRENT_IMAGE_STORE=containerd $(DOCKER_CURRENT)) && \

@@ -14,15 +14,17 @@ SELECT * FROM runtime_records WHERE game_id = $1 FOR UPDATE;
 INSERT INTO runtime_records (
     game_id, host_id, status, current_container_id, current_image_ref,
     engine_endpoint, state_path, docker_network,
-    started_at, stopped_at, removed_at, last_op_at, created_at
+    started_at, stopped_at, removed_at, last_op_at, created_at,
+    current_image_digest
 ) VALUES (
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
 )
 ON CONFLICT (game_id) DO UPDATE SET
     host_id = EXCLUDED.host_id,
     status = EXCLUDED.status,
     current_container_id = EXCLUDED.current_container_id,
     current_image_ref = EXCLUDED.current_image_ref,
+    current_image_digest = EXCLUDED.current_image_digest,
     engine_endpoint = EXCLUDED.engine_endpoint,
     state_path = EXCLUDED.state_path,
     docker_network = EXCLUDED.docker_network,

@@ -298,7 +298,7 @@ func TestPublicTypesMatchTheAgents(t *testing.T) {
 		}
 	}
 	for _, k := range job.AllKinds() {
-		if _, err := rtmclient.Validate(rtmclient.JobRequest{HostID: "h", GameID: "g", Payload: rtmclient.RawPayload{JobKind: rtmclient.Kind(k), JSON: json.RawMessage(`{"image_ref":"e:1"}`)}}); err != nil && (k == job.KindStart || k == job.KindChangeImage) {
+		if _, err := rtmclient.Validate(rtmclient.JobRequest{HostID: "h", GameID: "g", Payload: rtmclient.RawPayload{JobKind: rtmclient.Kind(k), JSON: json.RawMessage(`{"image_ref":"e:1"}`)}}); err != nil && (k == job.KindStart || k == job.KindChangeImage || k == job.KindPull) {
 			t.Errorf("kind %s: %v", k, err)
 		}
 	}

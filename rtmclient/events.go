@@ -85,6 +85,9 @@ type RuntimePayload struct {
 	// removed one.
 	ContainerID string `json:"container_id,omitempty"`
 	ImageRef    string `json:"image_ref,omitempty"`
+	// ImageDigest is the digest of the image the container runs, when
+	// known.
+	ImageDigest string `json:"image_digest,omitempty"`
 	// ExitCode is the engine's exit code, when known.
 	ExitCode *int `json:"exit_code,omitempty"`
 	// OOM reports that Docker said the engine was killed for memory.
@@ -108,6 +111,9 @@ type JobPayload struct {
 	// Attempt is the number of attempts made.
 	Attempt int    `json:"attempt"`
 	Error   string `json:"error,omitempty"`
+	// ImageDigest is, for a succeeded start, change_image or pull job,
+	// the registry digest of the image it ran or pulled, when known.
+	ImageDigest string `json:"image_digest,omitempty"`
 }
 
 // OrphanPayload is the payload of container.orphaned events: a container

@@ -33,6 +33,10 @@ const (
 	// KindChangeImage replaces the engine by one running another image,
 	// keeping the game's state directory.
 	KindChangeImage Kind = "change_image"
+	// KindPull makes an image present on the host without touching any
+	// game: warm a host before its games start. The job.succeeded event
+	// carries the image's digest (JobPayload.ImageDigest).
+	KindPull Kind = "pull"
 )
 
 // JobStatus is the lifecycle state of a job.
@@ -53,7 +57,8 @@ func (s JobStatus) IsFinal() bool {
 }
 
 // Payload is a job's typed payload: StartPayload, StopPayload,
-// RestartPayload, RemovePayload, ChangeImagePayload, or RawPayload.
+// RestartPayload, RemovePayload, ChangeImagePayload, PullPayload, or
+// RawPayload.
 type Payload interface {
 	Kind() Kind
 }
@@ -106,6 +111,13 @@ type ChangeImagePayload struct {
 	Limits   Limits            `json:"limits,omitempty"`
 }
 
+// PullPayload warms a host: the image is pulled unless it is there. The
+// job names a game like any job (its line of jobs is the one the pull
+// waits in) but touches neither its container nor its record.
+type PullPayload struct {
+	ImageRef string `json:"image_ref"`
+}
+
 // RawPayload is a payload given as JSON, for callers that hold it as
 // such (the CLI, a relay). It is validated like the typed ones.
 type RawPayload struct {
@@ -127,6 +139,9 @@ func (RemovePayload) Kind() Kind { return KindRemove }
 
 // Kind implements Payload.
 func (ChangeImagePayload) Kind() Kind { return KindChangeImage }
+
+// Kind implements Payload.
+func (PullPayload) Kind() Kind { return KindPull }
 
 // Kind implements Payload.
 func (p RawPayload) Kind() Kind { return p.JobKind }

@@ -26,21 +26,26 @@ type Record struct {
 	Status             RecordStatus `json:"status"`
 	CurrentContainerID string       `json:"current_container_id,omitempty"`
 	CurrentImageRef    string       `json:"current_image_ref,omitempty"`
-	EngineEndpoint     string       `json:"engine_endpoint"`
-	StatePath          string       `json:"state_path"`
-	DockerNetwork      string       `json:"docker_network"`
-	StartedAt          *time.Time   `json:"started_at,omitempty"`
-	StoppedAt          *time.Time   `json:"stopped_at,omitempty"`
-	RemovedAt          *time.Time   `json:"removed_at,omitempty"`
-	LastOpAt           time.Time    `json:"last_op_at"`
-	CreatedAt          time.Time    `json:"created_at"`
+	// CurrentImageDigest is the registry digest of the image the
+	// container runs ("<repository>@<digest>" pulls exactly it), when
+	// known.
+	CurrentImageDigest string     `json:"current_image_digest,omitempty"`
+	EngineEndpoint     string     `json:"engine_endpoint"`
+	StatePath          string     `json:"state_path"`
+	DockerNetwork      string     `json:"docker_network"`
+	StartedAt          *time.Time `json:"started_at,omitempty"`
+	StoppedAt          *time.Time `json:"stopped_at,omitempty"`
+	RemovedAt          *time.Time `json:"removed_at,omitempty"`
+	LastOpAt           time.Time  `json:"last_op_at"`
+	CreatedAt          time.Time  `json:"created_at"`
 }
 
 func recordOf(r runtime.RuntimeRecord) Record {
 	return Record{
 		GameID: r.GameID, HostID: r.HostID, Status: RecordStatus(r.Status),
 		CurrentContainerID: r.CurrentContainerID, CurrentImageRef: r.CurrentImageRef,
-		EngineEndpoint: r.EngineEndpoint, StatePath: r.StatePath, DockerNetwork: r.DockerNetwork,
+		CurrentImageDigest: r.CurrentImageDigest,
+		EngineEndpoint:     r.EngineEndpoint, StatePath: r.StatePath, DockerNetwork: r.DockerNetwork,
 		StartedAt: r.StartedAt, StoppedAt: r.StoppedAt, RemovedAt: r.RemovedAt,
 		LastOpAt: r.LastOpAt, CreatedAt: r.CreatedAt,
 	}

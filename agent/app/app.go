@@ -26,6 +26,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/agent/executor"
 	"github.com/galaxy/rtmanager/agent/health"
+	"github.com/galaxy/rtmanager/agent/imageuse"
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/leader"
 	"github.com/galaxy/rtmanager/agent/liveness"
@@ -91,6 +92,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 
 	docker, err := engine.New(engine.Options{
 		Host: cfg.DockerHost, HostID: cfg.HostID, CallTimeout: 30 * time.Second, TracerProvider: tel.TracerProvider,
+		PullTimeout: cfg.PullTimeout, PullAttempts: cfg.PullAttempts,
 	})
 	if err != nil {
 		return fmt.Errorf("configure the Docker client: %w", err)
@@ -215,7 +217,8 @@ type parts struct {
 
 func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *engine.Docker, policy job.Policy, agentID string) (*parts, error) {
 	intents := intent.New(10*time.Minute, nil)
-	exec := executor.New(docker, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log})
+	images := imageuse.New(nil)
+	exec := executor.New(docker, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log, Images: images})
 	poll := cfg.PollInterval
 	if cfg.UseListen {
 		// Notifications wake the worker: polling is only a safety net.
@@ -237,10 +240,18 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 	p.watch = watcher.New(store, docker, p.rec, intents, watcher.Config{
 		HostID: cfg.HostID, IdleTimeout: cfg.EventsIdleTimeout, Logger: log,
 	})
+	var gc *sweeper.ImageGCConfig
+	if cfg.ImageGC {
+		gc = &sweeper.ImageGCConfig{
+			Images: docker, AllowedImages: policy.AllowedImages, Guard: images,
+			MaxUnused: cfg.ImageGCMaxUnused, MinAge: cfg.ImageGCMinAge,
+			HighPercent: cfg.ImageGCHigh, LowPercent: cfg.ImageGCLow, BudgetBytes: cfg.ImageGCBudgetBytes,
+		}
+	}
 	var err error
 	p.sweep, err = sweeper.New(store, docker, intents, sweeper.Config{
 		HostID: cfg.HostID, Schedule: cfg.SweepSchedule, StoppedTTL: cfg.StoppedTTL,
-		JobRetention: cfg.JobRetention, OutboxRetention: cfg.OutboxRetention, Logger: log,
+		JobRetention: cfg.JobRetention, OutboxRetention: cfg.OutboxRetention, Logger: log, ImageGC: gc,
 	})
 	if err != nil {
 		return nil, err

@@ -50,7 +50,7 @@ func jobsEnqueue(ctx context.Context, e *env, args []string) int {
 	c, code, ok := parseOps(e, "jobs enqueue", "--host HOST --game GAME --kind KIND [--payload JSON | --payload-file FILE] [flags]", args, func(fs *flag.FlagSet) {
 		fs.StringVar(&req.HostID, "host", "", "host whose agent runs the job (required)")
 		fs.StringVar(&req.GameID, "game", "", "game id (required)")
-		fs.StringVar(&kind, "kind", "", "start, stop, restart, remove or change_image (required)")
+		fs.StringVar(&kind, "kind", "", "start, stop, restart, remove, change_image or pull (required)")
 		fs.StringVar(&payload, "payload", "{}", "the JSON payload")
 		fs.StringVar(&payloadFile, "payload-file", "", "a file holding the JSON payload; - reads standard input")
 		fs.StringVar(&req.IdempotencyKey, "idempotency-key", "", "enqueue at most one job of the game with this key")

@@ -224,6 +224,27 @@ func TestJobsEnqueueTraceparent(t *testing.T) {
 	}
 }
 
+// A pull job through the CLI: enqueued with its kind and payload; one
+// that carries what only a start takes is refused, naming the field.
+func TestJobsEnqueuePull(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	r := ops(t, url, ExitOK, "jobs", "enqueue", "-o", "json", "--host", "host-a", "--game", "warm-1", "--kind", "pull",
+		"--payload", `{"image_ref":"registry.example.com/galaxy/engine:1.4"}`)
+	var j rtmclient.Job
+	if err := json.Unmarshal([]byte(r.stdout), &j); err != nil {
+		t.Fatalf("%v: %s", err, r.stdout)
+	}
+	if j.Kind != rtmclient.KindPull || !strings.Contains(string(j.Payload), "engine:1.4") {
+		t.Fatalf("enqueued %+v", j)
+	}
+	bad := ops(t, url, ExitError, "jobs", "enqueue", "--host", "host-a", "--game", "warm-1", "--kind", "pull",
+		"--payload", `{"image_ref":"registry.example.com/galaxy/engine:1.4","env":{"A":"1"}}`)
+	if !strings.Contains(bad.stderr, `"env"`) {
+		t.Fatalf("a pull with env: %q, want an error naming env", bad.stderr)
+	}
+}
+
 func TestOperatorCommandsOnAnUnmigratedDatabase(t *testing.T) {
 	t.Parallel()
 	r := runCLI(context.Background(), "jobs", "list", "--database-url", pgtest.EmptyURL(t))

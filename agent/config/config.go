@@ -66,6 +66,17 @@ type Config struct {
 
 	// Console: the operator console (rtmanager console, and rtmanager dev).
 	Console ConsoleConfig
+
+	// Image pulls.
+	PullTimeout  time.Duration
+	PullAttempts int
+
+	// Image garbage collection (in the sweep).
+	ImageGC                 bool
+	ImageGCMaxUnused        time.Duration
+	ImageGCMinAge           time.Duration
+	ImageGCHigh, ImageGCLow int
+	ImageGCBudgetBytes      int64
 }
 
 // ConsoleConfig is the operator console's settings.
@@ -206,6 +217,24 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 		"how long finished jobs are kept; 0 forever (env RTM_JOB_RETENTION)")
 	fs.DurationVar(&c.OutboxRetention, "outbox-retention", envDuration(errs, "RTM_OUTBOX_RETENTION", 7*24*time.Hour),
 		"how long outbox events are kept at least, and until every registered consumer read them; 0 forever (env RTM_OUTBOX_RETENTION)")
+
+	fs.DurationVar(&c.PullTimeout, "pull-timeout", envDuration(errs, "RTM_PULL_TIMEOUT", 10*time.Minute),
+		"bound of one image pull, its retries included (env RTM_PULL_TIMEOUT)")
+	fs.IntVar(&c.PullAttempts, "pull-attempts", envInt(errs, "RTM_PULL_ATTEMPTS", 3),
+		"tries of a pull while the registry is down or failing; a missing image or refused credentials are not tried again (env RTM_PULL_ATTEMPTS)")
+
+	fs.BoolVar(&c.ImageGC, "image-gc", envBool(errs, "RTM_IMAGE_GC", true),
+		"remove unused engine images (only images on the allow-list) in every sweep (env RTM_IMAGE_GC)")
+	fs.DurationVar(&c.ImageGCMaxUnused, "image-gc-max-unused", envDuration(errs, "RTM_IMAGE_GC_MAX_UNUSED", 24*time.Hour),
+		"an allowed image unused for longer is removed; 0 never for age alone (env RTM_IMAGE_GC_MAX_UNUSED)")
+	fs.DurationVar(&c.ImageGCMinAge, "image-gc-min-age", envDuration(errs, "RTM_IMAGE_GC_MIN_AGE", 10*time.Minute),
+		"under disk pressure, allowed images unused for at least this long are removed (env RTM_IMAGE_GC_MIN_AGE)")
+	fs.IntVar(&c.ImageGCHigh, "image-gc-high-percent", envInt(errs, "RTM_IMAGE_GC_HIGH_PERCENT", 85),
+		"disk usage of the Docker data root that starts removals; 0 turns the disk rule off (env RTM_IMAGE_GC_HIGH_PERCENT)")
+	fs.IntVar(&c.ImageGCLow, "image-gc-low-percent", envInt(errs, "RTM_IMAGE_GC_LOW_PERCENT", 80),
+		"disk usage the removals aim for (env RTM_IMAGE_GC_LOW_PERCENT)")
+	fs.Int64Var(&c.ImageGCBudgetBytes, "image-gc-budget-bytes", envInt64(errs, "RTM_IMAGE_GC_BUDGET_BYTES", 0),
+		"measure the disk usage as the images' bytes against this budget instead of the data root's filesystem (for an agent that does not see it); 0 off (env RTM_IMAGE_GC_BUDGET_BYTES)")
 }
 
 func registerLogging(c *Config, fs *flag.FlagSet, errs *[]error) {
@@ -329,6 +358,12 @@ func (c *Config) check(what []Setting) error {
 		if c.HostLeasePoll < 0 {
 			errs = append(errs, fmt.Errorf("--host-lease-poll (RTM_HOST_LEASE_POLL) must not be negative, got %s", c.HostLeasePoll))
 		}
+		if c.PullTimeout <= 0 {
+			errs = append(errs, fmt.Errorf("--pull-timeout (RTM_PULL_TIMEOUT) must be positive, got %s", c.PullTimeout))
+		}
+		if c.PullAttempts < 1 {
+			errs = append(errs, fmt.Errorf("--pull-attempts (RTM_PULL_ATTEMPTS) must be at least 1, got %d", c.PullAttempts))
+		}
 		if c.Concurrency < 1 {
 			errs = append(errs, fmt.Errorf("--concurrency (RTM_CONCURRENCY) must be at least 1, got %d", c.Concurrency))
 		}
@@ -399,6 +434,19 @@ func envInt(errs *[]error, name string, def int) int {
 		return def
 	}
 	n, err := strconv.Atoi(v)
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("%s=%q is not a whole number", name, v))
+		return def
+	}
+	return n
+}
+
+func envInt64(errs *[]error, name string, def int64) int64 {
+	v, ok := os.LookupEnv(name)
+	if !ok || v == "" {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
 		*errs = append(*errs, fmt.Errorf("%s=%q is not a whole number", name, v))
 		return def

@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/go-connections/sockets"
 	"github.com/moby/moby/client"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/singleflight"
 )
 
 // Options configures [New].
@@ -42,6 +44,16 @@ type Options struct {
 	// DockerConfigDir is where config.json with registry credentials is
 	// read from; empty means $DOCKER_CONFIG or ~/.docker.
 	DockerConfigDir string
+	// PullTimeout bounds one image pull, its retries included (default
+	// DefaultPullTimeout).
+	PullTimeout time.Duration
+	// PullAttempts is how many times a pull is tried while the registry
+	// is unreachable or failing (default DefaultPullAttempts); an image
+	// that does not exist or is refused is not tried again.
+	PullAttempts int
+	// PullBackoff is the first wait between pull attempts (default 1s);
+	// it doubles, up to eight times this.
+	PullBackoff time.Duration
 }
 
 // Docker implements [Engine] with the Docker Engine API.
@@ -55,6 +67,15 @@ type Docker struct {
 	callTimeout time.Duration
 	configDir   string
 	netMu       sync.Mutex // serialises EnsureNetwork within this process
+
+	pulls        singleflight.Group // one pull per reference at a time
+	pullTimeout  time.Duration
+	pullAttempts int
+	pullBackoff  time.Duration
+	pullRequests atomic.Int64 // pull requests sent, for tests
+	// Test hooks: joined runs once a caller waits for a pull (shared or
+	// its own); pulling runs at the start of a pull.
+	testHookJoined, testHookPulling func()
 }
 
 // New connects lazily to the daemon described by opts; call Ping to check it.
@@ -84,10 +105,13 @@ func New(opts Options) (*Docker, error) {
 		return nil, fmt.Errorf("docker engine: new client: %w", err)
 	}
 	return &Docker{
-		cli:         cli,
-		hostID:      opts.HostID,
-		callTimeout: opts.CallTimeout,
-		configDir:   opts.DockerConfigDir,
+		cli:          cli,
+		hostID:       opts.HostID,
+		callTimeout:  opts.CallTimeout,
+		configDir:    opts.DockerConfigDir,
+		pullTimeout:  cmp.Or(max(opts.PullTimeout, 0), DefaultPullTimeout),
+		pullAttempts: cmp.Or(max(opts.PullAttempts, 0), DefaultPullAttempts),
+		pullBackoff:  cmp.Or(max(opts.PullBackoff, 0), time.Second),
 	}, nil
 }
 

@@ -6,8 +6,9 @@
 // Docker, while [Docker] implements it against a real daemon.
 //
 // Files by concern: engine.go (this interface, labels, errors), client.go
-// (connecting: [Options], [New], [Docker.Ping]), containers.go, images.go,
-// networks.go and events.go.
+// (connecting: [Options], [New], [Docker.Ping]), containers.go, images.go
+// (pulls), credentials.go (registry credentials), imagegc.go (what image
+// garbage collection needs), networks.go and events.go.
 //
 // Rules enforced here, whatever the caller asks:
 //
@@ -67,6 +68,14 @@ var (
 	ErrStreamEnded = errors.New("docker events stream ended")
 	// ErrInvalidSpec: a ContainerSpec failed the checks done here.
 	ErrInvalidSpec = errors.New("invalid container spec")
+	// ErrImageNotFound: the registry does not have the image (no such
+	// repository, tag or digest). Retrying does not help.
+	ErrImageNotFound = errors.New("image not found in its registry")
+	// ErrRegistryAuth: the registry refused the pull with the credentials
+	// at hand (none, or wrong ones). Retrying does not help.
+	ErrRegistryAuth = errors.New("registry refused the credentials")
+	// ErrPullTimeout: a pull did not finish within Options.PullTimeout.
+	ErrPullTimeout = errors.New("image pull timed out")
 )
 
 // Engine is the part of Docker the rest of rtmanager depends on. All
@@ -77,8 +86,9 @@ type Engine interface {
 	Ping(ctx context.Context) error
 	// EnsureNetwork creates the named bridge network if it is missing.
 	EnsureNetwork(ctx context.Context, name string) error
-	// EnsureImage pulls ref unless the daemon already has it.
-	EnsureImage(ctx context.Context, ref string) error
+	// EnsureImage pulls ref when the daemon needs it (see
+	// [Docker.EnsureImage]) and returns the local image.
+	EnsureImage(ctx context.Context, ref string) (Image, error)
 	// CreateContainer creates a container, or adopts our existing one with
 	// the same name, host and game.
 	CreateContainer(ctx context.Context, spec ContainerSpec) (Container, error)

@@ -116,8 +116,8 @@ func TestContainerLifecycle(t *testing.T) {
 	if err := e.d.EnsureNetwork(e.ctx, e.network); err != nil {
 		t.Fatalf("EnsureNetwork again: %v", err)
 	}
-	if err := e.d.EnsureImage(e.ctx, e.image); err != nil {
-		t.Fatalf("EnsureImage(present): %v", err)
+	if img, err := e.d.EnsureImage(e.ctx, e.image); err != nil || img.Pull.Pulled || img.ID == "" {
+		t.Fatalf("EnsureImage(present) = %+v, %v; want the local image, no pull", img, err)
 	}
 
 	spec := e.spec("g1")
@@ -503,9 +503,13 @@ func TestEnsureImagePullError(t *testing.T) {
 	// A registry on a closed loopback port: the pull fails at once, without
 	// leaving the machine.
 	ref := "127.0.0.1:1/rtmanager/missing:nope"
-	err := d.EnsureImage(t.Context(), ref)
+	img, err := d.EnsureImage(t.Context(), ref)
 	if err == nil || !strings.Contains(err.Error(), ref) {
 		t.Fatalf("EnsureImage(%s) = %v, want an error naming the ref", ref, err)
+	}
+	// Unreachable is not "not found": it is worth another try.
+	if errors.Is(err, engine.ErrImageNotFound) || errors.Is(err, engine.ErrRegistryAuth) || img.Pull.Attempts != engine.DefaultPullAttempts {
+		t.Fatalf("EnsureImage(%s) = %+v, %v; want %d attempts and a transient error", ref, img.Pull, err, engine.DefaultPullAttempts)
 	}
 }
 

@@ -3,7 +3,6 @@ package engine
 // Tests that need no Docker daemon.
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,59 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"github.com/moby/moby/api/pkg/authconfig"
 	"github.com/moby/moby/client"
 )
-
-func TestRegistryAuth(t *testing.T) {
-	dir := t.TempDir()
-	cfg := `{"auths": {
-		"https://index.docker.io/v1/": {"auth": "` + base64.StdEncoding.EncodeToString([]byte("hubuser:hubpass")) + `"},
-		"registry.example.com:5000": {"auth": "` + base64.StdEncoding.EncodeToString([]byte("me:p:w")) + `"},
-		"https://ghcr.io": {"identitytoken": "tok"},
-		"empty.example.com": {}
-	}}`
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		ref, user, pass, token string
-	}{
-		{"alpine:3", "hubuser", "hubpass", ""},
-		{"docker.io/library/alpine", "hubuser", "hubpass", ""},
-		{"registry.example.com:5000/team/engine:v1", "me", "p:w", ""},
-		{"ghcr.io/org/engine@sha256:" + strings.Repeat("a", 64), "", "", "tok"},
-		{"empty.example.com/x:1", "", "", ""},
-		{"other.example.com/x:1", "", "", ""},
-	} {
-		enc, err := registryAuth(dir, tc.ref)
-		if err != nil {
-			t.Fatalf("registryAuth(%s): %v", tc.ref, err)
-		}
-		if tc.user == "" && tc.token == "" {
-			if enc != "" {
-				t.Errorf("registryAuth(%s) = %q, want none", tc.ref, enc)
-			}
-			continue
-		}
-		ac, err := authconfig.Decode(enc)
-		if err != nil {
-			t.Fatalf("decode auth for %s: %v", tc.ref, err)
-		}
-		if ac.Username != tc.user || ac.Password != tc.pass || ac.IdentityToken != tc.token {
-			t.Errorf("registryAuth(%s) = %+v", tc.ref, ac)
-		}
-	}
-	if enc, err := registryAuth(t.TempDir(), "alpine"); enc != "" || err != nil {
-		t.Errorf("without config.json: %q, %v", enc, err)
-	}
-}
 
 func TestCheckSpec(t *testing.T) {
 	d := &Docker{hostID: "h1"}

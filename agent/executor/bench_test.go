@@ -12,6 +12,7 @@ import (
 
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
+	"github.com/galaxy/rtmanager/internal/testutil/registry"
 )
 
 // BenchmarkStartJob measures a start job end to end: insert → claimed →
@@ -63,4 +64,83 @@ func BenchmarkRawDockerCreateStart(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+}
+
+// BenchmarkColdPullStart measures a start job whose image is not on the
+// host: the pull from the loopback registry, then the job as in
+// BenchmarkStartJob (sub-benchmark job), against the same work done with
+// plain SDK calls, docker pull + create + start (sub-benchmark raw), in
+// the same run. Every iteration pushes an image of its own (an engine
+// variant with 4 MiB of random padding: no layer is shared) and removes
+// it locally, outside the timer.
+func BenchmarkColdPullStart(b *testing.B) {
+	r := registry.Start(b, registry.Options{})
+	cli := dockertest.Client(b)
+	// coldImage returns the reference of an image only the registry has.
+	n := 0
+	coldImage := func(b *testing.B) string {
+		n++
+		src := fmt.Sprintf("rtmanager-test-cold:%s-%d", dockertest.UniqueName(b), n)
+		id := dockertest.EngineImageVariantPadded(b, src, 4<<20)
+		ref, _ := r.Push(b, cli, src, fmt.Sprintf("galaxy/cold:%d", n))
+		if _, err := cli.ImageRemove(context.Background(), id, client.ImageRemoveOptions{Force: true}); err != nil {
+			b.Fatal(err)
+		}
+		return ref
+	}
+
+	b.Run("job", func(b *testing.B) {
+		e := newEnv(b)
+		e.policy.AllowedImages = append(e.policy.AllowedImages, r.Host+"/galaxy/*")
+		cfg := e.workerConfig("owner-bench")
+		cfg.Logger = slog.New(slog.DiscardHandler)
+		w := worker.New(e.store, e.executor(), e.intents, cfg)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+		e.succeeded(e.insert("warm", "start", startPayload(e.image))) // the network exists
+		b.ResetTimer()
+		for i := range b.N {
+			b.StopTimer()
+			ref := coldImage(b)
+			want := w.Stats().Succeeded + 1
+			b.StartTimer()
+			e.insert(fmt.Sprintf("cold%d", i), "start", startPayload(ref))
+			for w.Stats().Succeeded < want {
+				time.Sleep(200 * time.Microsecond) // benchmark polling
+			}
+		}
+		b.StopTimer()
+	})
+	b.Run("raw", func(b *testing.B) {
+		label := dockertest.UniqueName(b)
+		dockertest.RemoveLabelled(b, dockertest.LabelTest, label)
+		ctx := context.Background()
+		b.ResetTimer()
+		for i := range b.N {
+			b.StopTimer()
+			ref := coldImage(b)
+			b.StartTimer()
+			resp, err := cli.ImagePull(ctx, ref, client.ImagePullOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := resp.Wait(ctx); err != nil {
+				b.Fatal(err)
+			}
+			res, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+				Name:       fmt.Sprintf("raw-%s-%d", label, i),
+				Config:     &container.Config{Image: ref, Labels: map[string]string{dockertest.LabelTest: label}},
+				HostConfig: &container.HostConfig{CapDrop: []string{"ALL"}, SecurityOpt: []string{"no-new-privileges"}},
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := cli.ContainerStart(ctx, res.ID, client.ContainerStartOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+	})
 }

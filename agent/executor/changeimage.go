@@ -52,11 +52,12 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 	if err != nil {
 		return worker.Result{}, fmt.Errorf("change the image of game %s: %w", g, err)
 	}
-	if err := e.prepare(ctx, t); err != nil {
+	img, err := e.prepare(ctx, t)
+	if err != nil {
 		return worker.Result{}, fmt.Errorf("change the image of game %s: %w", g, err)
 	}
 
-	res := worker.Result{}
+	res := worker.Result{ImageDigest: img.Digest}
 	renamer, canRename := e.eng.(Renamer)
 	wasRunning := false
 	if old != nil {
@@ -84,13 +85,13 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 		return res, fmt.Errorf("change the image of game %s: %w", g, err)
 	}
 
-	newID, jobID := created, t.Job.ID
+	newID, jobID, digest := created, t.Job.ID, img.Digest
 	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		if cur == nil {
 			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("change the image of game %s: %w", g, runtime.ErrNotFound)
 		}
 		r, err := cur.ChangeImage(newID, image, at)
-		return r, details(outbox.ReasonJobChangeImage, jobID), err
+		return r.WithImageDigest(digest), details(outbox.ReasonJobChangeImage, jobID), err
 	}
 	res.Check = e.exitedSince(newID)
 	if old != nil && canRename {

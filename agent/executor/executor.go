@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/agent/imageuse"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
@@ -68,6 +69,11 @@ type Config struct {
 	StateMountTarget string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Images, when set, is the guard shared with image garbage
+	// collection: a job holds its image while it makes it present and
+	// creates its container, so the collector never removes it under the
+	// job.
+	Images *imageuse.Guard
 }
 
 // Executor implements worker.Executor on an engine.
@@ -92,6 +98,14 @@ func New(eng engine.Engine, cfg Config) *Executor {
 func (e *Executor) Execute(ctx context.Context, t worker.Task) (worker.Result, error) {
 	if e.cfg.Records == nil {
 		return worker.Result{}, errors.New("executor: no record reader configured")
+	}
+	if t.Spec.ImageRef != "" {
+		defer e.cfg.Images.Use(t.Spec.ImageRef)()
+	}
+	if t.Spec.Kind == job.KindPull {
+		// A pull touches no container and no record: it runs whatever
+		// the game's record says, removed included.
+		return e.pull(ctx, t)
 	}
 	rec, err := e.record(ctx, t.Spec.GameID)
 	if err != nil {
@@ -172,24 +186,26 @@ func (e *Executor) containerSpec(t worker.Task, image, mountSource string, env [
 }
 
 // prepare ensures the network and the image.
-func (e *Executor) prepare(ctx context.Context, t worker.Task) error {
+func (e *Executor) prepare(ctx context.Context, t worker.Task) (engine.Image, error) {
 	if t.Network != "" {
 		if err := e.eng.EnsureNetwork(ctx, t.Network); err != nil {
-			return fmt.Errorf("ensure network %s: %w", t.Network, err)
+			return engine.Image{}, fmt.Errorf("ensure network %s: %w", t.Network, err)
 		}
 	}
-	if err := e.eng.EnsureImage(ctx, t.Spec.ImageRef); err != nil {
-		return fmt.Errorf("ensure image %s is present (pull): %w", t.Spec.ImageRef, err)
-	}
-	return nil
+	return e.ensureImage(ctx, t.Spec.ImageRef)
 }
 
 // engineErr marks engine errors that no retry can fix as permanent: a
 // container squatting the game's name that is not ours, or ours for
-// another game.
+// another game; an image its registry does not have or refuses to serve.
 func engineErr(err error) error {
-	if errors.Is(err, engine.ErrNotManaged) || errors.Is(err, engine.ErrNameConflict) || errors.Is(err, engine.ErrInvalidSpec) {
-		return job.Permanent(err)
+	for _, sentinel := range []error{
+		engine.ErrNotManaged, engine.ErrNameConflict, engine.ErrInvalidSpec,
+		engine.ErrImageNotFound, engine.ErrRegistryAuth,
+	} {
+		if errors.Is(err, sentinel) {
+			return job.Permanent(err)
+		}
 	}
 	return err
 }
@@ -282,7 +298,8 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 	if err != nil {
 		return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
 	}
-	if err := e.prepare(ctx, t); err != nil {
+	img, err := e.prepare(ctx, t)
+	if err != nil {
 		return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
 	}
 	spec := e.containerSpec(t, image, mount, t.Spec.Env, t.Spec.Limits)
@@ -303,7 +320,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 			return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
 		}
 	}
-	var res worker.Result
+	res := worker.Result{ImageDigest: img.Digest}
 	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
 		return res, fmt.Errorf("start game %s: %w", g, engineErr(err))
 	}
@@ -315,12 +332,12 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		GameID: g, HostID: t.HostID, EngineEndpoint: runtime.EngineEndpointFor(g),
 		StatePath: t.Spec.StatePath, DockerNetwork: t.Network,
 	}
-	id, jobID := c.ID, t.Job.ID
+	id, jobID, digest := c.ID, t.Job.ID, img.Digest
 	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		d := details(outbox.ReasonJobStart, jobID)
 		if cur == nil {
 			r, err := runtime.Create(placement, id, image, at)
-			return r, d, err
+			return r.WithImageDigest(digest), d, err
 		}
 		if cur.CurrentContainerID == id && endedSince(*cur, runStart) {
 			// The watcher recorded this start (as the job's) and the
@@ -331,10 +348,10 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 			// The record's container is gone (checked above) and events
 			// have not told yet: the new container replaces it.
 			r, err := cur.ChangeImage(id, image, at)
-			return r, d, err
+			return r.WithImageDigest(digest), d, err
 		}
 		r, err := cur.Start(id, image, at)
-		return r, d, err
+		return r.WithImageDigest(digest), d, err
 	}
 	res.Check = e.exitedSince(id)
 	return res, nil

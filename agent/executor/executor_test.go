@@ -51,9 +51,17 @@ const unreachableRegistry = "127.0.0.1:1"
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvWith(t, engine.Options{})
+}
+
+// newEnvWith is newEnv with engine options of the test's own (the host
+// id is the env's).
+func newEnvWith(t testing.TB, opts engine.Options) *env {
+	t.Helper()
 	hostID := dockertest.UniqueName(t)
 	e := &env{t: t, hostID: hostID, network: "net-" + hostID, intents: intent.New(time.Minute, nil)}
-	e.eng = dockertest.Engine(t, hostID)
+	opts.HostID = hostID
+	e.eng = dockertest.EngineWith(t, opts)
 	e.cli = dockertest.Client(t)
 	e.image = dockertest.EngineImage(t)
 	e.dbURL = pgtest.URL(t)

@@ -2,6 +2,7 @@ package executor_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,12 +21,7 @@ import (
 // it — the job, its claim, every Docker call and the commit — lands in
 // that one trace, each span under the job's.
 func TestOneTraceFromInsertToContainer(t *testing.T) {
-	// Not parallel: it installs the global tracer provider.
-	spans := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
-	prev := otel.GetTracerProvider()
-	otel.SetTracerProvider(tp)
-	t.Cleanup(func() { otel.SetTracerProvider(prev); _ = tp.Shutdown(context.Background()) })
+	tp, spans := tracing()
 
 	e := newEnv(t) // its Docker client now traces with tp
 	e.run()
@@ -113,6 +109,26 @@ func TestOneTraceFromInsertToContainer(t *testing.T) {
 		t.Fatalf("want one claim, one commit and the Docker calls (create, start, …) in the trace; got claims=%d commits=%d docker=%d: %v",
 			claims, commits, dockerCalls, names(inTrace))
 	}
+}
+
+var (
+	tracingOnce sync.Once
+	tracingTP   *sdktrace.TracerProvider
+	tracingExp  *tracetest.InMemoryExporter
+)
+
+// tracing installs, once per test binary, a global tracer provider that
+// keeps every span in memory. Once: tracers taken from the global
+// provider before the first SetTracerProvider follow that first provider
+// only, so a test that swapped it in and out would leave the next one
+// blind. Tests pick their spans by trace id.
+func tracing() (*sdktrace.TracerProvider, *tracetest.InMemoryExporter) {
+	tracingOnce.Do(func() {
+		tracingExp = tracetest.NewInMemoryExporter()
+		tracingTP = sdktrace.NewTracerProvider(sdktrace.WithSyncer(tracingExp))
+		otel.SetTracerProvider(tracingTP)
+	})
+	return tracingTP, tracingExp
 }
 
 func names(spans []tracetest.SpanStub) []string {

@@ -91,6 +91,9 @@ type Config struct {
 	// Logger receives a line per pass and per failure; nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// ImageGC, when set, collects unused engine images in every pass
+	// (see imagegc.go).
+	ImageGC *ImageGCConfig
 }
 
 // Report says what one pass did.
@@ -114,6 +117,8 @@ type Report struct {
 	// JobsDeleted and OutboxDeleted count the rows retention deleted.
 	JobsDeleted   int64
 	OutboxDeleted int64
+	// Images is what image garbage collection did.
+	Images ImageGCReport
 }
 
 // Sweeper runs sweep passes for one host.
@@ -124,6 +129,7 @@ type Sweeper struct {
 	cfg      Config
 	schedule cron.Schedule
 	log      *slog.Logger
+	gc       *imageGC // nil: no image collection
 }
 
 var parser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
@@ -175,6 +181,14 @@ func New(store *db.Store, eng engine.Engine, intents *intent.Registry, cfg Confi
 	case cfg.BatchSize == 0:
 		cfg.BatchSize = DefaultBatchSize
 	}
+	var gc *imageGC
+	if cfg.ImageGC != nil {
+		gcfg := *cfg.ImageGC
+		if err := gcfg.validate(); err != nil {
+			errs = append(errs, err)
+		}
+		gc = &imageGC{cfg: gcfg, unusedSince: map[string]time.Time{}}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -183,7 +197,7 @@ func New(store *db.Store, eng engine.Engine, intents *intent.Registry, cfg Confi
 		log = slog.Default()
 	}
 	log = log.With("component", "sweeper", "host_id", cfg.HostID)
-	return &Sweeper{store: store, eng: eng, intents: intents, cfg: cfg, schedule: schedule, log: log}, nil
+	return &Sweeper{store: store, eng: eng, intents: intents, cfg: cfg, schedule: schedule, log: log, gc: gc}, nil
 }
 
 // Run sweeps on the schedule until ctx is done, then returns nil. A pass
@@ -220,7 +234,9 @@ func (s *Sweeper) Pass(ctx context.Context) (rep Report, err error) {
 			attribute.Int("rtmanager.sweep.failed", rep.Failed),
 			attribute.Int64("rtmanager.sweep.jobs_deleted", rep.JobsDeleted),
 			attribute.Int64("rtmanager.sweep.outbox_deleted", rep.OutboxDeleted),
-			attribute.Bool("rtmanager.sweep.skipped", rep.Skipped))
+			attribute.Bool("rtmanager.sweep.skipped", rep.Skipped),
+			attribute.Int("rtmanager.sweep.images_removed", rep.Images.Removed),
+			attribute.Int64("rtmanager.sweep.images_freed", rep.Images.Freed))
 		if err != nil {
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())
@@ -238,6 +254,12 @@ func (s *Sweeper) Pass(ctx context.Context) (rep Report, err error) {
 			errs = append(errs, err)
 		}
 	}
+	if s.gc != nil && ctx.Err() == nil {
+		var err error
+		if rep.Images, err = s.collectImages(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if ctx.Err() == nil && (s.cfg.JobRetention > 0 || s.cfg.OutboxRetention > 0) {
 		if err := s.retention(ctx, &rep); err != nil {
 			errs = append(errs, err)
@@ -252,6 +274,7 @@ func (s *Sweeper) Pass(ctx context.Context) (rep Report, err error) {
 		"skipped", rep.Skipped, "retention_skipped", rep.RetentionSkipped,
 		"selected", rep.Selected, "removed", rep.Removed, "passed", rep.Passed, "failed", rep.Failed,
 		"jobs_deleted", rep.JobsDeleted, "outbox_deleted", rep.OutboxDeleted,
+		"images_removed", rep.Images.Removed, "images_freed", rep.Images.Freed, "images_kept", rep.Images.Kept, "disk_percent", rep.Images.DiskPercent,
 		"duration", time.Since(start), "err", err)
 	return rep, err
 }

@@ -71,7 +71,7 @@ func (w *Worker) runJob(r *running) {
 		log.Warn("job interrupted: lease lost", "err", err)
 		return
 	case err == nil:
-		out := db.Outcome{Status: job.StatusSucceeded, Record: res.Record, Check: res.Check}
+		out := db.Outcome{Status: job.StatusSucceeded, Record: res.Record, Check: res.Check, ImageDigest: res.ImageDigest}
 		if !w.finish(r, log, out, res.AfterCommit) && r.lastFinishErr != nil && !r.lost() {
 			// The record transition was refused: the world changed
 			// under the job (say, the record was removed meanwhile).

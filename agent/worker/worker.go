@@ -62,6 +62,9 @@ type Result struct {
 	// worker forgets them once the outcome is recorded, so the watcher
 	// still attributes the events that arrive meanwhile to the job.
 	Containers []string
+	// ImageDigest is the registry digest of the image the job ran or
+	// pulled, when known; it goes into the job.succeeded event.
+	ImageDigest string
 }
 
 // Executor performs the work of one job attempt. An error is retried

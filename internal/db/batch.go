@@ -57,7 +57,7 @@ func (s *Store) FinishJobs(ctx context.Context, owner string, batch []Finish) (m
 		if o.Record != nil || o.Check != nil {
 			return nil, fmt.Errorf("finish job %d: a record transition cannot be batched; use FinishJob", j.ID)
 		}
-		ev, err := outbox.ForJobOutcome(j.ID, j.GameID, j.HostID, j.Kind, o.Status, j.Attempt, o.Error)
+		ev, err := outbox.ForJobOutcomeImage(j.ID, j.GameID, j.HostID, j.Kind, o.Status, j.Attempt, o.Error, o.ImageDigest)
 		if err != nil {
 			return nil, fmt.Errorf("build outcome event of job %d: %w", j.ID, err)
 		}

@@ -3,6 +3,7 @@ package db_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ func validRecord(status runtime.Status) runtime.RuntimeRecord {
 		Status:             status,
 		CurrentContainerID: "c0ffee",
 		CurrentImageRef:    "engine:1",
+		CurrentImageDigest: "sha256:" + strings.Repeat("ab", 32),
 		EngineEndpoint:     runtime.EngineEndpointFor("g1"),
 		StatePath:          "/srv/state/g1",
 		DockerNetwork:      "galaxy",
@@ -51,7 +53,7 @@ func rawParams(r runtime.RuntimeRecord) dbsqlc.UpsertRecordParams {
 	}
 	return dbsqlc.UpsertRecordParams{
 		GameID: r.GameID, HostID: r.HostID, Status: string(r.Status),
-		CurrentContainerID: str(r.CurrentContainerID), CurrentImageRef: str(r.CurrentImageRef),
+		CurrentContainerID: str(r.CurrentContainerID), CurrentImageRef: str(r.CurrentImageRef), CurrentImageDigest: str(r.CurrentImageDigest),
 		EngineEndpoint: r.EngineEndpoint, StatePath: r.StatePath, DockerNetwork: r.DockerNetwork,
 		StartedAt: r.StartedAt, StoppedAt: r.StoppedAt, RemovedAt: r.RemovedAt,
 		LastOpAt: r.LastOpAt, CreatedAt: r.CreatedAt,
@@ -105,6 +107,12 @@ func TestConstraintsRefuseWhatValidateRefuses(t *testing.T) {
 		{"removed with zero removed at", runtime.StatusRemoved, func(r *runtime.RuntimeRecord) { r.RemovedAt = ptr(zero) }},
 		{"started before created", runtime.StatusRunning, func(r *runtime.RuntimeRecord) { r.StartedAt = ptr(r.CreatedAt.Add(-time.Second)) }},
 		{"stopped before started", runtime.StatusStopped, func(r *runtime.RuntimeRecord) { r.StoppedAt = ptr(r.StartedAt.Add(-time.Second)) }},
+		{"image digest not a digest", runtime.StatusRunning, func(r *runtime.RuntimeRecord) { r.CurrentImageDigest = "latest" }},
+		{"image digest in uppercase", runtime.StatusRunning, func(r *runtime.RuntimeRecord) {
+			r.CurrentImageDigest = strings.ToUpper(r.CurrentImageDigest)
+		}},
+		{"image digest too short", runtime.StatusStopped, func(r *runtime.RuntimeRecord) { r.CurrentImageDigest = "sha256:abc" }},
+		{"image digest without an image", runtime.StatusRemoved, func(r *runtime.RuntimeRecord) { r.CurrentImageRef = "" }},
 		{"removed before created", runtime.StatusRemoved, func(r *runtime.RuntimeRecord) {
 			r.RemovedAt = ptr(r.CreatedAt.Add(-time.Second))
 		}},

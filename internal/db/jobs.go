@@ -227,6 +227,11 @@ type Outcome struct {
 	// once), recorded with its own reason. Like an observer's decision it
 	// gets the game's job in progress, which is no longer this one.
 	Check ObservedDecision
+
+	// ImageDigest, for a succeeded job that learnt the registry digest of
+	// its image (start, change_image, pull), goes into its job.succeeded
+	// event.
+	ImageDigest string
 }
 
 // FinishJob ends a job that owner still holds, in one transaction with the
@@ -254,7 +259,7 @@ func (s *Store) FinishJob(ctx context.Context, j Job, owner string, o Outcome) (
 				return err
 			}
 		}
-		ev, err := outbox.ForJobOutcome(row.ID, row.GameID, row.HostID, row.Kind, o.Status, int(row.Attempt), o.Error)
+		ev, err := outbox.ForJobOutcomeImage(row.ID, row.GameID, row.HostID, row.Kind, o.Status, int(row.Attempt), o.Error, o.ImageDigest)
 		if err != nil {
 			return fmt.Errorf("build outcome event of job %d: %w", j.ID, err)
 		}

@@ -13,6 +13,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	_ "embed"
 	"encoding/hex"
@@ -85,7 +86,7 @@ func Build(ctx context.Context, imp Importer, ref string) (string, error) {
 		return "", fmt.Errorf("build engine image %s: %w", ref, err)
 	}
 
-	rootfs, err := rootfsTar(bin)
+	rootfs, err := rootfsTar(bin, nil)
 	if err != nil {
 		return "", fmt.Errorf("build engine image %s: %w", ref, err)
 	}
@@ -105,6 +106,33 @@ func Build(ctx context.Context, imp Importer, ref string) (string, error) {
 		return "", fmt.Errorf("build engine image %s: imported image lacks label %s=%s", ref, LabelContentHash, hash)
 	}
 	return ref, nil
+}
+
+// BuildVariant imports the engine as ref with one more label ("k=v"): an
+// image that runs the same program but is another image, with an id and
+// a registry digest of its own, for tests of image changes and pulls.
+// With padding > 0 its layer also holds /padding, that many random bytes,
+// so that it shares no layer with any other image (a pull of it is
+// cold). It imports every time.
+func BuildVariant(ctx context.Context, imp Importer, ref, label string, padding int) error {
+	bin, err := Compile(ctx)
+	if err != nil {
+		return err
+	}
+	var pad []byte
+	if padding > 0 {
+		pad = make([]byte, padding)
+		_, _ = rand.Read(pad)
+	}
+	rootfs, err := rootfsTar(bin, pad)
+	if err != nil {
+		return fmt.Errorf("build engine image %s: %w", ref, err)
+	}
+	changes := []string{`CMD ["/engine"]`, fmt.Sprintf("EXPOSE %d/tcp", Port), "LABEL " + label}
+	if err := imp.ImportImage(ctx, ref, bytes.NewReader(rootfs), changes); err != nil {
+		return fmt.Errorf("build engine image %s: %w", ref, err)
+	}
+	return nil
 }
 
 // hasTag reports whether ref names a tag or digest (a ':' or '@' after the
@@ -197,24 +225,33 @@ func sourceDir() (string, error) {
 	return dir, nil
 }
 
-// rootfsTar returns a tarball holding /engine, an empty /state and a /tmp.
-func rootfsTar(bin []byte) ([]byte, error) {
+// rootfsTar returns a tarball holding /engine, an empty /state and a /tmp,
+// and /padding when pad is not empty.
+func rootfsTar(bin, pad []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	mtime := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-	entries := []tar.Header{
-		{Name: "state/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777},
-		{Name: "engine", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bin))},
+	type entry struct {
+		h    tar.Header
+		data []byte
 	}
-	for _, h := range entries {
+	entries := []entry{
+		{h: tar.Header{Name: "state/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		{h: tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777}},
+		{h: tar.Header{Name: "engine", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bin))}, data: bin},
+	}
+	if len(pad) > 0 {
+		entries = append(entries, entry{h: tar.Header{Name: "padding", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(pad))}, data: pad})
+	}
+	for _, e := range entries {
+		h := e.h
 		h.ModTime = mtime
 		h.Format = tar.FormatPAX
 		if err := tw.WriteHeader(&h); err != nil {
 			return nil, err
 		}
 		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write(bin); err != nil {
+			if _, err := tw.Write(e.data); err != nil {
 				return nil, err
 			}
 		}

@@ -72,6 +72,7 @@ type RuntimeRecord struct {
 	RemovedAt          *time.Time
 	LastOpAt           time.Time
 	CreatedAt          time.Time
+	CurrentImageDigest *string
 }
 
 type SchemaMigration struct {

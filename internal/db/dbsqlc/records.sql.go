@@ -11,7 +11,7 @@ import (
 )
 
 const getRecord = `-- name: GetRecord :one
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at FROM runtime_records WHERE game_id = $1
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records WHERE game_id = $1
 `
 
 func (q *Queries) GetRecord(ctx context.Context, gameID string) (RuntimeRecord, error) {
@@ -31,12 +31,13 @@ func (q *Queries) GetRecord(ctx context.Context, gameID string) (RuntimeRecord, 
 		&i.RemovedAt,
 		&i.LastOpAt,
 		&i.CreatedAt,
+		&i.CurrentImageDigest,
 	)
 	return i, err
 }
 
 const getRecordForUpdate = `-- name: GetRecordForUpdate :one
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at FROM runtime_records WHERE game_id = $1 FOR UPDATE
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records WHERE game_id = $1 FOR UPDATE
 `
 
 func (q *Queries) GetRecordForUpdate(ctx context.Context, gameID string) (RuntimeRecord, error) {
@@ -56,12 +57,13 @@ func (q *Queries) GetRecordForUpdate(ctx context.Context, gameID string) (Runtim
 		&i.RemovedAt,
 		&i.LastOpAt,
 		&i.CreatedAt,
+		&i.CurrentImageDigest,
 	)
 	return i, err
 }
 
 const listLiveRecordsByHost = `-- name: ListLiveRecordsByHost :many
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at FROM runtime_records
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records
 WHERE host_id = $1
   AND status IN ('running', 'stopped')
 ORDER BY game_id
@@ -92,6 +94,7 @@ func (q *Queries) ListLiveRecordsByHost(ctx context.Context, hostID string) ([]R
 			&i.RemovedAt,
 			&i.LastOpAt,
 			&i.CreatedAt,
+			&i.CurrentImageDigest,
 		); err != nil {
 			return nil, err
 		}
@@ -104,7 +107,7 @@ func (q *Queries) ListLiveRecordsByHost(ctx context.Context, hostID string) ([]R
 }
 
 const listRecordsByHost = `-- name: ListRecordsByHost :many
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at FROM runtime_records
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records
 WHERE host_id = $1
   AND ($2::text IS NULL OR status = $2::text)
 ORDER BY game_id
@@ -138,6 +141,7 @@ func (q *Queries) ListRecordsByHost(ctx context.Context, arg ListRecordsByHostPa
 			&i.RemovedAt,
 			&i.LastOpAt,
 			&i.CreatedAt,
+			&i.CurrentImageDigest,
 		); err != nil {
 			return nil, err
 		}
@@ -165,15 +169,17 @@ const upsertRecord = `-- name: UpsertRecord :exec
 INSERT INTO runtime_records (
     game_id, host_id, status, current_container_id, current_image_ref,
     engine_endpoint, state_path, docker_network,
-    started_at, stopped_at, removed_at, last_op_at, created_at
+    started_at, stopped_at, removed_at, last_op_at, created_at,
+    current_image_digest
 ) VALUES (
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
 )
 ON CONFLICT (game_id) DO UPDATE SET
     host_id = EXCLUDED.host_id,
     status = EXCLUDED.status,
     current_container_id = EXCLUDED.current_container_id,
     current_image_ref = EXCLUDED.current_image_ref,
+    current_image_digest = EXCLUDED.current_image_digest,
     engine_endpoint = EXCLUDED.engine_endpoint,
     state_path = EXCLUDED.state_path,
     docker_network = EXCLUDED.docker_network,
@@ -197,6 +203,7 @@ type UpsertRecordParams struct {
 	RemovedAt          *time.Time
 	LastOpAt           time.Time
 	CreatedAt          time.Time
+	CurrentImageDigest *string
 }
 
 func (q *Queries) UpsertRecord(ctx context.Context, arg UpsertRecordParams) error {
@@ -214,6 +221,7 @@ func (q *Queries) UpsertRecord(ctx context.Context, arg UpsertRecordParams) erro
 		arg.RemovedAt,
 		arg.LastOpAt,
 		arg.CreatedAt,
+		arg.CurrentImageDigest,
 	)
 	return err
 }

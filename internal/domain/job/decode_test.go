@@ -24,6 +24,7 @@ func testPolicy() Policy {
 		"nginx:1.25",
 		"busybox@sha256:" + digestHex,
 		"localhost:5000/engine:*",
+		"127.0.0.1:5000/galaxy/*",
 	}
 	return p
 }
@@ -108,6 +109,17 @@ func TestDecodeRefusesHostileJobs(t *testing.T) {
 		{name: "other digest", kind: "start", raw: `{"image_ref":"busybox@sha256:` + strings.Repeat("f", 64) + `"}`, want: ErrImageNotAllowed, field: "image_ref"},
 		{name: "digest pattern by tag", kind: "start", raw: `{"image_ref":"busybox:latest"}`, want: ErrImageNotAllowed, field: "image_ref"},
 		{name: "change image not allowed", kind: "change_image", raw: `{"image_ref":"evil/engine:1"}`, want: ErrImageNotAllowed, field: "image_ref"},
+		{name: "pull not allowed", kind: "pull", raw: `{"image_ref":"evil/engine:1"}`, want: ErrImageNotAllowed, field: "image_ref"},
+		{name: "pull needs image", kind: "pull", raw: `{}`, want: ErrInvalidPayload, field: "image_ref"},
+		{name: "pull with env", kind: "pull", raw: startWith(`"env":{"A":"1"}`), want: ErrInvalidPayload, field: `"env"`},
+		{name: "pull with state dir", kind: "pull", raw: startWith(`"state_dir":"g1"`), want: ErrInvalidPayload, field: `"state_dir"`},
+		// Look-alike hosts of an allowed loopback registry (127.0.0.1:5000/* is allowed).
+		{name: "loopback registry host look-alike", kind: "pull", raw: `{"image_ref":"127.0.0.1:5000.evil.example/galaxy/engine:1"}`, want: ErrInvalidPayload, field: "image_ref"},
+		{name: "loopback registry subdomain look-alike", kind: "start", raw: `{"image_ref":"127.0.0.1.evil.example:5000/galaxy/engine:1"}`, want: ErrImageNotAllowed, field: "image_ref"},
+		{name: "loopback registry other port", kind: "start", raw: `{"image_ref":"127.0.0.1:50000/galaxy/engine:1"}`, want: ErrImageNotAllowed, field: "image_ref"},
+		{name: "loopback registry without port", kind: "start", raw: `{"image_ref":"127.0.0.1/galaxy/engine:1"}`, want: ErrImageNotAllowed, field: "image_ref"},
+		{name: "loopback registry as a path", kind: "start", raw: `{"image_ref":"evil.example/127.0.0.1:5000/galaxy/engine:1"}`, want: ErrInvalidPayload, field: "image_ref"},
+		{name: "loopback registry as a namespace", kind: "start", raw: `{"image_ref":"evil.example/127.0.0.1/galaxy/engine:1"}`, want: ErrImageNotAllowed, field: "image_ref"},
 		{name: "uppercase image", kind: "start", raw: `{"image_ref":"Galaxy/Engine"}`, want: ErrInvalidPayload, field: "image_ref"},
 		{name: "empty tag", kind: "start", raw: `{"image_ref":"galaxy/engine:"}`, want: ErrInvalidPayload, field: "image_ref"},
 		{name: "image with shell", kind: "start", raw: `{"image_ref":"galaxy/engine:1 ; rm -rf /"}`, want: ErrInvalidPayload, field: "image_ref"},
@@ -281,6 +293,9 @@ func TestDecodeValid(t *testing.T) {
 		{name: "image any tag", kind: "start", raw: `{"image_ref":"localhost:5000/engine:v7"}`, want: Spec{
 			Payload: StartPayload{ImageRef: "localhost:5000/engine:v7"}, ImageRef: "localhost:5000/engine:v7",
 			StatePath: testRoot + "/g1", Limits: def, StopTimeout: 30 * time.Second,
+		}},
+		{name: "pull", kind: "pull", raw: `{"image_ref":"127.0.0.1:5000/galaxy/engine:7"}`, want: Spec{
+			Payload: PullPayload{ImageRef: "127.0.0.1:5000/galaxy/engine:7"}, ImageRef: "127.0.0.1:5000/galaxy/engine:7", StopTimeout: 30 * time.Second,
 		}},
 		{name: "change image", kind: "change_image", raw: `{"image_ref":"galaxy/engine:2","env":{"MODE":"x"},"limits":{"nano_cpus":2000000000}}`, want: Spec{
 			Payload: ChangeImagePayload{

@@ -34,12 +34,17 @@ const (
 	// KindChangeImage replaces the engine container by one running
 	// another image, keeping the game's state directory.
 	KindChangeImage Kind = "change_image"
+	// KindPull makes an image present on the host (pulls it when missing,
+	// as a start would), so that later starts do not wait for it: the
+	// Game Master warms hosts before a tournament. It touches no
+	// container and no record.
+	KindPull Kind = "pull"
 )
 
 // IsKnown reports whether k is one of the job kinds.
 func (k Kind) IsKnown() bool {
 	switch k {
-	case KindStart, KindStop, KindRestart, KindRemove, KindChangeImage:
+	case KindStart, KindStop, KindRestart, KindRemove, KindChangeImage, KindPull:
 		return true
 	default:
 		return false
@@ -48,7 +53,7 @@ func (k Kind) IsKnown() bool {
 
 // AllKinds returns every job kind in a stable order.
 func AllKinds() []Kind {
-	return []Kind{KindStart, KindStop, KindRestart, KindRemove, KindChangeImage}
+	return []Kind{KindStart, KindStop, KindRestart, KindRemove, KindChangeImage, KindPull}
 }
 
 // Status is the lifecycle state of a job row.
@@ -103,7 +108,7 @@ func AllStatuses() []Status {
 // once anyway.
 func DefaultMaxAttempts(k Kind) int {
 	switch k {
-	case KindStart, KindStop, KindRestart, KindRemove:
+	case KindStart, KindStop, KindRestart, KindRemove, KindPull:
 		return 5
 	case KindChangeImage:
 		return 3

@@ -12,7 +12,7 @@ import (
 )
 
 func TestKinds(t *testing.T) {
-	want := []Kind{"start", "stop", "restart", "remove", "change_image"}
+	want := []Kind{"start", "stop", "restart", "remove", "change_image", "pull"}
 	if !slices.Equal(AllKinds(), want) {
 		t.Fatalf("AllKinds() = %v", AllKinds())
 	}
@@ -29,7 +29,7 @@ func TestKinds(t *testing.T) {
 			t.Errorf("%q.IsKnown() = true", k)
 		}
 	}
-	if DefaultMaxAttempts(KindStart) != 5 || DefaultMaxAttempts(KindChangeImage) != 3 || DefaultMaxAttempts("kill") != 1 {
+	if DefaultMaxAttempts(KindStart) != 5 || DefaultMaxAttempts(KindPull) != 5 || DefaultMaxAttempts(KindChangeImage) != 3 || DefaultMaxAttempts("kill") != 1 {
 		t.Error("DefaultMaxAttempts differs from the documented values")
 	}
 }

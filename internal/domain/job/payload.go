@@ -61,6 +61,16 @@ type ChangeImagePayload struct {
 	Limits Limits `json:"limits,omitempty"`
 }
 
+// PullPayload is the payload of a pull job.
+type PullPayload struct {
+	// ImageRef is the image to make present; required, and on the
+	// allow-list like a start's.
+	ImageRef string `json:"image_ref"`
+}
+
+// Kind implements Payload.
+func (PullPayload) Kind() Kind { return KindPull }
+
 // Kind implements Payload.
 func (StartPayload) Kind() Kind { return KindStart }
 
@@ -82,8 +92,8 @@ type Spec struct {
 	GameID string
 	// Payload is the decoded payload, of the type matching Kind.
 	Payload Payload
-	// ImageRef is the image to run, as written in the payload (start and
-	// change_image only).
+	// ImageRef is the image to run (or pull), as written in the payload
+	// (start, change_image and pull only).
 	ImageRef string
 	// StatePath is the absolute, clean host path of the state directory:
 	// the game's own directory under the state root or a directory inside
@@ -173,6 +183,15 @@ func Decode(kind string, gameID string, raw []byte, p Policy) (Spec, error) {
 			return Spec{}, err
 		}
 		spec.Payload = pl
+	case KindPull:
+		var pl PullPayload
+		if err = decodeStrict(raw, &pl); err != nil {
+			return Spec{}, err
+		}
+		spec.Payload, spec.ImageRef = pl, pl.ImageRef
+		if err := CheckImage(pl.ImageRef, p.AllowedImages); err != nil {
+			return Spec{}, err
+		}
 	}
 	return spec, nil
 }
@@ -206,6 +225,13 @@ func (s Spec) Validate(p Policy) error {
 		}
 		if err := p.checkResolvedLimits(s.Limits); err != nil {
 			return err
+		}
+	case KindPull:
+		if err := CheckImage(s.ImageRef, p.AllowedImages); err != nil {
+			return err
+		}
+		if len(s.Env) != 0 || s.Limits != (Limits{}) {
+			return fieldErr("payload", ErrInvalidPayload, "a pull job takes no env or limits")
 		}
 	default:
 		if s.ImageRef != "" || len(s.Env) != 0 || s.Limits != (Limits{}) {

@@ -215,6 +215,7 @@ type RecordSnapshot struct {
 	Status             runtime.Status `json:"status"`
 	CurrentContainerID string         `json:"current_container_id,omitempty"`
 	CurrentImageRef    string         `json:"current_image_ref,omitempty"`
+	CurrentImageDigest string         `json:"current_image_digest,omitempty"`
 	EngineEndpoint     string         `json:"engine_endpoint"`
 	StatePath          string         `json:"state_path"`
 	DockerNetwork      string         `json:"docker_network"`
@@ -233,6 +234,7 @@ func Snapshot(r runtime.RuntimeRecord) RecordSnapshot {
 		Status:             r.Status,
 		CurrentContainerID: r.CurrentContainerID,
 		CurrentImageRef:    r.CurrentImageRef,
+		CurrentImageDigest: r.CurrentImageDigest,
 		EngineEndpoint:     r.EngineEndpoint,
 		StatePath:          r.StatePath,
 		DockerNetwork:      r.DockerNetwork,
@@ -252,6 +254,7 @@ func (s RecordSnapshot) Record() runtime.RuntimeRecord {
 		Status:             s.Status,
 		CurrentContainerID: s.CurrentContainerID,
 		CurrentImageRef:    s.CurrentImageRef,
+		CurrentImageDigest: s.CurrentImageDigest,
 		EngineEndpoint:     s.EngineEndpoint,
 		StatePath:          s.StatePath,
 		DockerNetwork:      s.DockerNetwork,
@@ -272,6 +275,7 @@ func (s RecordSnapshot) Record() runtime.RuntimeRecord {
 //	  "reason": "observed_die",
 //	  "container_id": "4f2a…",       // the container concerned; for runtime.removed, the removed one
 //	  "image_ref": "registry.example.com/galaxy/engine:1.4",
+//	  "image_digest": "sha256:…",   // when known: the digest the container runs
 //	  "exit_code": 137,              // when known (stops)
 //	  "oom": true,                   // when Docker reported an OOM kill
 //	  "requested_by_job": true,      // with a job_* reason: the job asked for it
@@ -287,6 +291,7 @@ type RuntimePayload struct {
 	Reason         Reason         `json:"reason"`
 	ContainerID    string         `json:"container_id,omitempty"`
 	ImageRef       string         `json:"image_ref,omitempty"`
+	ImageDigest    string         `json:"image_digest,omitempty"`
 	ExitCode       *int           `json:"exit_code,omitempty"`
 	OOM            bool           `json:"oom,omitempty"`
 	RequestedByJob bool           `json:"requested_by_job,omitempty"`
@@ -347,6 +352,7 @@ func ForTransition(before *runtime.RuntimeRecord, after runtime.RuntimeRecord, d
 		Reason:         d.Reason,
 		ContainerID:    after.CurrentContainerID,
 		ImageRef:       after.CurrentImageRef,
+		ImageDigest:    after.CurrentImageDigest,
 		ExitCode:       d.ExitCode,
 		OOM:            d.OOM,
 		RequestedByJob: d.RequestedByJob || d.JobID != 0,
@@ -385,7 +391,8 @@ func ForTransition(before *runtime.RuntimeRecord, after runtime.RuntimeRecord, d
 //	  "kind": "start",             // as written in the job, even when unknown
 //	  "status": "failed",          // succeeded, failed or cancelled
 //	  "attempt": 5,                // attempts made, this one included
-//	  "error": "image_ref: image not allowed: …"  // failed jobs
+//	  "error": "image_ref: image not allowed: …",  // failed jobs
+//	  "image_digest": "sha256:…"   // succeeded start, change_image and pull jobs, when known
 //	}
 type JobPayload struct {
 	JobID   int64      `json:"job_id"`
@@ -395,6 +402,9 @@ type JobPayload struct {
 	Status  job.Status `json:"status"`
 	Attempt int        `json:"attempt"`
 	Error   string     `json:"error,omitempty"`
+	// ImageDigest is the registry digest of the image a succeeded job
+	// ran or pulled (start, change_image, pull), when known.
+	ImageDigest string `json:"image_digest,omitempty"`
 }
 
 // MaxErrorBytes bounds the error text of a job event; a longer message is
@@ -406,6 +416,12 @@ const MaxErrorBytes = 4096
 // in the job, so that a job refused for an unknown kind or a bad game id
 // is still reported.
 func ForJobOutcome(jobID int64, gameID, hostID string, kind string, status job.Status, attempt int, errMsg string) (Event, error) {
+	return ForJobOutcomeImage(jobID, gameID, hostID, kind, status, attempt, errMsg, "")
+}
+
+// ForJobOutcomeImage is ForJobOutcome for a job that learnt the digest of
+// its image (start, change_image, pull); an empty digest is left out.
+func ForJobOutcomeImage(jobID int64, gameID, hostID string, kind string, status job.Status, attempt int, errMsg, imageDigest string) (Event, error) {
 	var typ Type
 	switch status {
 	case job.StatusSucceeded:
@@ -431,6 +447,9 @@ func ForJobOutcome(jobID int64, gameID, hostID string, kind string, status job.S
 		Status:  status,
 		Attempt: attempt,
 		Error:   truncateUTF8(errMsg, MaxErrorBytes),
+		// Bounded by the digest's own length: the agent writes it from
+		// the daemon's answer, checked like a record's.
+		ImageDigest: imageDigest,
 	})
 	if err != nil {
 		return Event{}, fmt.Errorf("outbox: encode outcome of job %d: %w", jobID, err)

@@ -272,3 +272,32 @@ func TestVocabularies(t *testing.T) {
 		t.Error("reason vocabulary differs")
 	}
 }
+
+// The image digest, when known, is in the runtime payload, its record and
+// the job.succeeded payload; unknown, it is left out of all three.
+func TestImageDigest(t *testing.T) {
+	digest := "sha256:" + strings.Repeat("0f", 32)
+	after := created(t).WithImageDigest(digest)
+	ev, err := ForTransition(nil, after, TransitionDetails{Reason: ReasonJobStart, JobID: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p RuntimePayload
+	decodeStrict(t, ev.Payload, &p)
+	if p.ImageDigest != digest || p.Record.CurrentImageDigest != digest || !p.Record.Record().Equal(after) {
+		t.Fatalf("payload = %+v", p)
+	}
+	job1, err := ForJobOutcomeImage(7, "g1", "host-a", "pull", job.StatusSucceeded, 1, "", digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jp JobPayload
+	decodeStrict(t, job1.Payload, &jp)
+	if jp.ImageDigest != digest || jp.Kind != "pull" {
+		t.Fatalf("job payload = %+v", jp)
+	}
+	job2, err := ForJobOutcome(8, "g1", "host-a", "stop", job.StatusSucceeded, 1, "")
+	if err != nil || strings.Contains(string(job2.Payload), "image_digest") {
+		t.Fatalf("a job without a digest: %s, %v", job2.Payload, err)
+	}
+}

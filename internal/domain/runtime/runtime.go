@@ -11,9 +11,14 @@ package runtime
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 )
+
+// imageDigestPattern is what CurrentImageDigest may hold; the same CHECK
+// constraint guards the column.
+var imageDigestPattern = regexp.MustCompile(`^(sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})$`)
 
 // Status identifies one runtime-record lifecycle state.
 type Status string
@@ -90,6 +95,13 @@ type RuntimeRecord struct {
 	// engine image. Non-empty when status is running or stopped.
 	CurrentImageRef string
 
+	// CurrentImageDigest stores the registry manifest digest
+	// ("sha256:…") of the image the current container runs, so that
+	// "<repository>@<digest>" names exactly those bits. Empty when unknown:
+	// an image that never came from a registry, or a container bound by
+	// a transition that did not pull (see WithImageDigest).
+	CurrentImageDigest string
+
 	// EngineEndpoint stores the stable URL Game Master uses to reach the
 	// engine container, in `http://galaxy-game-{game_id}:8080` form.
 	EngineEndpoint string
@@ -153,6 +165,15 @@ func (record RuntimeRecord) Validate() error {
 	}
 	if record.LastOpAt.Before(record.CreatedAt) {
 		return fmt.Errorf("last op at must not be before created at")
+	}
+
+	if record.CurrentImageDigest != "" {
+		if !imageDigestPattern.MatchString(record.CurrentImageDigest) {
+			return fmt.Errorf("current image digest %q is not a sha256, sha384 or sha512 digest in lowercase hex", record.CurrentImageDigest)
+		}
+		if strings.TrimSpace(record.CurrentImageRef) == "" {
+			return fmt.Errorf("current image digest must be empty without a current image ref")
+		}
 	}
 
 	switch record.Status {

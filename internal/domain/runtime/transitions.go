@@ -274,6 +274,19 @@ func (r RuntimeRecord) ChangeImage(containerID, imageRef string, at time.Time) (
 	}
 }
 
+// WithImageDigest returns r with CurrentImageDigest set to digest, the
+// digest of the image its current container runs, as the job that bound
+// the container learnt it. An empty digest leaves the record as it is. It
+// is applied after a transition (Create, Start, ChangeImage), which
+// clears the digest when the container or the image changes.
+func (r RuntimeRecord) WithImageDigest(digest string) RuntimeRecord {
+	if digest == "" || r.Status == StatusRemoved {
+		return r
+	}
+	r.CurrentImageDigest = digest
+	return r
+}
+
 // Equal reports whether r and o hold the same values. Times are compared
 // with time.Time.Equal, so the same instant in another location or
 // without a monotonic reading is equal; a nil time differs from any
@@ -284,6 +297,7 @@ func (r RuntimeRecord) Equal(o RuntimeRecord) bool {
 		r.Status == o.Status &&
 		r.CurrentContainerID == o.CurrentContainerID &&
 		r.CurrentImageRef == o.CurrentImageRef &&
+		r.CurrentImageDigest == o.CurrentImageDigest &&
 		r.EngineEndpoint == o.EngineEndpoint &&
 		r.StatePath == o.StatePath &&
 		r.DockerNetwork == o.DockerNetwork &&
@@ -299,6 +313,11 @@ func (r RuntimeRecord) toRunning(op, containerID, imageRef string, at time.Time)
 	at = r.clamp(at)
 	next := r
 	next.Status = StatusRunning
+	if containerID != r.CurrentContainerID || imageRef != r.CurrentImageRef {
+		// Another container, or another image: the old digest says
+		// nothing about it (the caller sets the new one).
+		next.CurrentImageDigest = ""
+	}
 	next.CurrentContainerID = containerID
 	next.CurrentImageRef = imageRef
 	next.StartedAt = timePtr(at)

@@ -377,3 +377,53 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("final record: %+v", r)
 	}
 }
+
+// The digest follows the container: kept while the same container runs
+// the same image (stop, observed start, removal for audit), cleared when
+// a transition binds another container or image, set by WithImageDigest.
+func TestImageDigest(t *testing.T) {
+	d1 := "sha256:" + strings.Repeat("1", 64)
+	d2 := "sha256:" + strings.Repeat("2", 64)
+	r, err := Create(placement(), "c1", "engine:1", t0)
+	if err != nil || r.CurrentImageDigest != "" {
+		t.Fatalf("Create = %+v, %v", r, err)
+	}
+	r = r.WithImageDigest(d1)
+	if r.CurrentImageDigest != d1 || r.WithImageDigest("").CurrentImageDigest != d1 {
+		t.Fatalf("WithImageDigest: %q", r.CurrentImageDigest)
+	}
+	before := r
+	if r.Equal(before.WithImageDigest(d2)) {
+		t.Fatal("Equal ignores the digest")
+	}
+	step := func(next RuntimeRecord, err error) RuntimeRecord {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return next
+	}
+	r = step(r.Stop("c1", t0.Add(time.Second)))
+	r = step(r.ObserveStart("c1", t0.Add(2*time.Second)))
+	r = step(r.Start("c1", "engine:1", t0.Add(3*time.Second)))
+	if r.CurrentImageDigest != d1 {
+		t.Fatalf("same container and image: digest %q, want %q", r.CurrentImageDigest, d1)
+	}
+	r = step(r.Stop("c1", t0.Add(4*time.Second)))
+	if next := step(r.Start("c2", "engine:1", t0.Add(5*time.Second))); next.CurrentImageDigest != "" {
+		t.Fatalf("another container: digest %q kept", next.CurrentImageDigest)
+	}
+	r = step(r.ChangeImage("c3", "engine:2", t0.Add(6*time.Second)))
+	if r.CurrentImageDigest != "" {
+		t.Fatalf("another image: digest %q kept", r.CurrentImageDigest)
+	}
+	r = step(r.Remove("", t0.Add(7*time.Second))).WithImageDigest(d2)
+	if r.CurrentImageDigest != "" {
+		t.Fatalf("a removed record took a digest: %q", r.CurrentImageDigest)
+	}
+	bad := before
+	bad.CurrentImageDigest = "sha256:XYZ"
+	if bad.Validate() == nil {
+		t.Fatal("Validate accepted a malformed digest")
+	}
+}

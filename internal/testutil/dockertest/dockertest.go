@@ -8,6 +8,8 @@
 package dockertest
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -90,8 +92,16 @@ func Client(t testing.TB) *client.Client {
 // cleanups, so it runs after them).
 func Engine(t testing.TB, hostID string) *engine.Docker {
 	t.Helper()
+	return EngineWith(t, engine.Options{HostID: hostID})
+}
+
+// EngineWith is Engine with options of the test's own (opts.HostID is
+// required).
+func EngineWith(t testing.TB, opts engine.Options) *engine.Docker {
+	t.Helper()
 	available(t)
-	d, err := engine.New(engine.Options{HostID: hostID})
+	hostID := opts.HostID
+	d, err := engine.New(opts)
 	if err != nil {
 		t.Fatalf("engine.New: %v", err)
 	}
@@ -212,4 +222,90 @@ func CreateUnmanaged(t testing.TB, name, image string, labels map[string]string)
 		t.Fatalf("create unmanaged container %s: %v", name, err)
 	}
 	return res.ID
+}
+
+// UniqueImage imports an image of its own as ref: a root filesystem with
+// one file of size random bytes (so its layer is like no other) and the
+// test engine's command, which it cannot run. It is removed at cleanup,
+// with every tag it has by then. For tests that need an image no other
+// test shares: pulled cold, collected, or counted.
+func UniqueImage(t testing.TB, ref string, size int) string {
+	t.Helper()
+	d := Engine(t, "dockertest-unique")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	data := make([]byte, size)
+	_, _ = rand.Read(data)
+	if err := tw.WriteHeader(&tar.Header{Name: "random", Mode: 0o644, Size: int64(size)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := d.ImportImage(ctx, ref, &buf, []string{`CMD ["/engine"]`}); err != nil {
+		t.Fatalf("import unique image %s: %v", ref, err)
+	}
+	cli := Client(t)
+	res, err := cli.ImageInspect(ctx, ref)
+	if err != nil {
+		t.Fatalf("inspect unique image %s: %v", ref, err)
+	}
+	id := res.ID
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := cli.ImageRemove(ctx, id, client.ImageRemoveOptions{Force: true, PruneChildren: true}); err != nil && !isGone(err) {
+			t.Errorf("cleanup: remove image %s (%s): %v", ref, id, err)
+		}
+	})
+	return id
+}
+
+// EngineImageVariant imports the test engine as ref with a label of its
+// own: it runs like EngineImage but is another image (another id and
+// digest). It is removed at cleanup, with every tag it has by then. Call
+// it before creating the containers that use it, so that its cleanup
+// runs after theirs.
+func EngineImageVariant(t testing.TB, ref string) string {
+	return EngineImageVariantPadded(t, ref, 0)
+}
+
+// EngineImageVariantPadded is EngineImageVariant whose layer also holds
+// padding random bytes: it shares no layer with any other image, so a
+// pull of it downloads everything.
+func EngineImageVariantPadded(t testing.TB, ref string, padding int) string {
+	t.Helper()
+	d := Engine(t, "dockertest-variant")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := engineimage.BuildVariant(ctx, d, ref, "com.galaxy.rtmanager-test.variant="+UniqueName(t), padding); err != nil {
+		t.Fatalf("build engine image variant %s: %v", ref, err)
+	}
+	cli := Client(t)
+	res, err := cli.ImageInspect(ctx, ref)
+	if err != nil {
+		t.Fatalf("inspect engine image variant %s: %v", ref, err)
+	}
+	id := res.ID
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		// The image is the test's own: so are the containers of it that
+		// the test's other cleanups have not removed yet.
+		cs, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("ancestor", id)})
+		if err == nil {
+			for _, c := range cs.Items {
+				_, _ = cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+			}
+		}
+		if _, err := cli.ImageRemove(ctx, id, client.ImageRemoveOptions{Force: true}); err != nil && !isGone(err) {
+			t.Errorf("cleanup: remove image %s (%s): %v", ref, id, err)
+		}
+	})
+	return id
 }
