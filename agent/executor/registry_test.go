@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -168,9 +169,10 @@ func TestCredentialHelperPullLeaksNothing(t *testing.T) {
 	r := registry.Start(t, registry.Options{Auth: true})
 	v1, d1, v2, _ := registryImages(t, r)
 	helper := registry.InstallCredentialHelper(t, "rtmtest", r.Host, r.User, r.Password)
-	var logs bytes.Buffer
+	var logs lockedBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
+	var stops []func()
 	run := func(cfg string) *env {
 		e := newEnvWith(t, engine.Options{DockerConfigDir: configDir(t, cfg)})
 		e.policy.AllowedImages = append(e.policy.AllowedImages, r.Host+"/galaxy/*")
@@ -181,7 +183,10 @@ func TestCredentialHelperPullLeaksNothing(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- w.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
+		var once sync.Once
+		stop := func() { once.Do(func() { cancel(); <-done }) }
+		stops = append(stops, stop)
+		t.Cleanup(stop)
 		return e
 	}
 
@@ -201,6 +206,11 @@ func TestCredentialHelperPullLeaksNothing(t *testing.T) {
 	bad := run(basicAuths(r.Host, r.User, wrong))
 	if j := bad.finished(bad.insert("refused", "pull", fmt.Sprintf(`{"image_ref": %q}`, v2))); j.Status != job.StatusFailed || !strings.Contains(j.LastError, "refused") {
 		t.Fatalf("pull with a wrong password: %s: %s", j.Status, j.LastError)
+	}
+	// The workers log a job's outcome after its commit: stop them, so
+	// every line they write is in the logs searched below.
+	for _, stop := range stops {
+		stop()
 	}
 	_ = tp.ForceFlush(context.Background())
 
@@ -251,4 +261,23 @@ func TestCredentialHelperPullLeaksNothing(t *testing.T) {
 	if !strings.Contains(logs.String(), "job succeeded") || len(spans.GetSpans()) == 0 {
 		t.Fatal("nothing was logged or traced: the test looked at nothing")
 	}
+}
+
+// lockedBuffer is a bytes.Buffer that a logger may write while the test
+// reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -3,7 +3,7 @@ package outbox
 import "github.com/galaxy/rtmanager/internal/domain/job"
 
 // JobReason returns the reason of the changes a job of kind k asks for;
-// false for a kind that is not known.
+// false for a kind that changes no record (pull) or is not known.
 func JobReason(k job.Kind) (Reason, bool) {
 	switch k {
 	case job.KindStart:
