@@ -1,14 +1,13 @@
 package cli
 
 import (
-	"bytes"
 	"context"
+	"github.com/galaxy/rtmanager/internal/testutil/syncbuf"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,23 +16,8 @@ import (
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
-// syncBuffer is a bytes.Buffer safe to read while the command writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a buffer a test reads while others write it.
+type syncBuffer = syncbuf.Buffer
 
 // TestDevStartsItsOwnDatabase runs `rtmanager dev` with no database URL:
 // it starts a local PostgreSQL in its data directory, migrates it, builds

@@ -1,30 +1,14 @@
 package console_test
 
 import (
-	"bytes"
 	"encoding/json"
+	"github.com/galaxy/rtmanager/internal/testutil/syncbuf"
 	"io"
 	"log/slog"
-	"sync"
 )
 
-// syncBuffer is a bytes.Buffer safe to read while a logger writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a buffer a test reads while others write it.
+type syncBuffer = syncbuf.Buffer
 
 func newLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 

@@ -3,10 +3,10 @@ package executor_test
 // Jobs that pull from a real registry on loopback.
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
+	"github.com/galaxy/rtmanager/internal/testutil/syncbuf"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -263,21 +263,5 @@ func TestCredentialHelperPullLeaksNothing(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer that a logger may write while the test
-// reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// lockedBuffer is a buffer a test reads while others write it.
+type lockedBuffer = syncbuf.Buffer
