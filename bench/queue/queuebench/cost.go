@@ -136,7 +136,7 @@ func explain(ctx context.Context, conn *pgx.Conn, name string, stmts []captured,
 				}
 			}
 		}
-		custom, err := explainOnce(ctx, conn, "EXPLAIN (ANALYZE, BUFFERS) "+s.sql, args, "")
+		custom, err := explainOnce(ctx, conn, "/* queuebench */ EXPLAIN (ANALYZE, BUFFERS) "+s.sql, args, "")
 		if err != nil {
 			return ex, fmt.Errorf("explain %s: %w", name, err)
 		}
@@ -150,8 +150,8 @@ func explain(ctx context.Context, conn *pgx.Conn, name string, stmts []captured,
 		}
 		stmt := fmt.Sprintf("qb_explain_%d", i)
 		generic, err := explainOnce(ctx, conn,
-			fmt.Sprintf("EXPLAIN (ANALYZE, BUFFERS) EXECUTE %s(%s)", stmt, strings.Join(lits, ", ")), nil,
-			fmt.Sprintf("PREPARE %s AS %s", stmt, s.sql))
+			fmt.Sprintf("/* queuebench */ EXPLAIN (ANALYZE, BUFFERS) EXECUTE %s(%s)", stmt, strings.Join(lits, ", ")), nil,
+			fmt.Sprintf("/* queuebench */ PREPARE %s AS %s", stmt, s.sql))
 		if err != nil {
 			return ex, fmt.Errorf("explain %s (generic plan): %w", name, err)
 		}
@@ -174,7 +174,7 @@ func explainOnce(ctx context.Context, conn *pgx.Conn, sql string, args []any, pr
 		if _, err := tx.Exec(ctx, prepare); err != nil {
 			return "", err
 		}
-		if _, err := tx.Exec(ctx, "SET LOCAL plan_cache_mode = force_generic_plan"); err != nil {
+		if _, err := tx.Exec(ctx, "/* queuebench */ SET LOCAL plan_cache_mode = force_generic_plan"); err != nil {
 			return "", err
 		}
 	}
@@ -188,8 +188,8 @@ func explainOnce(ctx context.Context, conn *pgx.Conn, sql string, args []any, pr
 	}
 	if prepare != "" {
 		// Prepared statements outlive the transaction.
-		name := strings.Fields(prepare)[1]
-		if _, err := tx.Exec(ctx, "DEALLOCATE "+name); err != nil {
+		name := strings.Fields(strings.TrimPrefix(prepare, "/* queuebench */"))[1]
+		if _, err := tx.Exec(ctx, "/* queuebench */ DEALLOCATE "+name); err != nil {
 			return "", err
 		}
 	}

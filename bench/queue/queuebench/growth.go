@@ -18,7 +18,7 @@ func (h *harness) growth(ctx context.Context, rep *Report) error {
 			GrowLabel: fmt.Sprintf("%s queued, %s finished jobs in the table", count(n), count(o.Finished))}
 		var err error
 		h.progress("growth: %s works down %d jobs on an empty table", s.name(), n)
-		if row.Base, row.ClaimBase, err = h.backlogRound(ctx, s, n, true, nil); err != nil {
+		if row.Base, row.ClaimBase, err = h.backlogRound(ctx, s, n, true, nil, nil); err != nil {
 			return err
 		}
 		h.progress("growth: %s works down %d jobs behind %d finished jobs", s.name(), n, o.Finished)
@@ -28,7 +28,7 @@ func (h *harness) growth(ctx context.Context, rep *Report) error {
 			}
 			return r.insert(ctx, n)
 		}
-		if row.Grow, row.ClaimGrow, err = h.backlogRound(ctx, s, n, true, fill); err != nil {
+		if row.Grow, row.ClaimGrow, err = h.backlogRound(ctx, s, n, true, fill, nil); err != nil {
 			return err
 		}
 		rep.Growth = append(rep.Growth, row)
@@ -42,7 +42,7 @@ func (h *harness) growth(ctx context.Context, rep *Report) error {
 		h.progress("growth: ours works down %d jobs of %d games", n, games)
 		m, ex, err := h.backlogRound(ctx, h.ours, n, true, func(ctx context.Context, _ *runner) error {
 			return h.ours.insertGames(ctx, n, "m", games)
-		})
+		}, nil)
 		if err != nil {
 			return err
 		}

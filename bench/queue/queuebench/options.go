@@ -152,8 +152,10 @@ type SizeRow struct {
 	Jobs        int
 	River, Ours []Measure
 	// Claim is the EXPLAIN (ANALYZE, BUFFERS) of our claim on the full
-	// backlog; RiverFetch River's fetch on its full backlog.
-	Claim, RiverFetch Explain
+	// backlog; RiverFetch River's fetch on its full backlog. The Mid ones
+	// are taken when half the backlog is done (first round).
+	Claim, RiverFetch       Explain
+	ClaimMid, RiverFetchMid Explain
 }
 
 // Raw are the baselines of one round.

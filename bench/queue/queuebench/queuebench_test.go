@@ -26,7 +26,7 @@ func TestTinyRun(t *testing.T) {
 	rep, err := queuebench.Run(ctx, queuebench.Options{
 		AdminURL: srv.AdminURL, Sizes: []int{200, 300}, Rounds: 1,
 		RawCommits: 50, RawClaimJobs: 100,
-		Alongside: 300 * time.Millisecond, AlongsideMin: 200,
+		Alongside: time.Second, AlongsideMin: 200,
 		Growth: true, GrowthBacklog: 150, Finished: 1000, ManyGames: 40,
 		HotJobs: 200, OtherGames: 4, OtherJobsPerGame: 3, OtherRate: 1000,
 		Progress: &progress,
@@ -55,6 +55,9 @@ func TestTinyRun(t *testing.T) {
 		if !strings.Contains(row.Claim.Custom, "Execution Time") || !strings.Contains(row.Claim.Generic, "Execution Time") ||
 			!strings.Contains(row.Claim.Custom, "jobs") {
 			t.Errorf("backlog %d: our claim was not explained:\n%s", row.Jobs, row.Claim.Custom)
+		}
+		if !strings.Contains(row.ClaimMid.Custom, "Execution Time") || !strings.Contains(row.RiverFetchMid.Custom, "Execution Time") {
+			t.Errorf("backlog %d: the claims were not explained half-way", row.Jobs)
 		}
 		if !strings.Contains(row.RiverFetch.Custom, "river_job") {
 			t.Errorf("backlog %d: River's fetch was not explained:\n%s", row.Jobs, row.RiverFetch.Custom)

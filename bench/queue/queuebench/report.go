@@ -105,7 +105,7 @@ func (r *Report) Markdown(w io.Writer) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	p("## Queue: River and rtmanager side by side")
 	p("")
-	p("%s; %s; connection: %s; pg_stat_statements %s. %d rounds per row, alternating River, ours, River, …; run took %s.",
+	p("%s; %s; connection: %s; pg_stat_statements %s. Rounds per row: %d, alternating River, ours, River, …; the run took %s.",
 		r.Server, r.Settings, r.Connection, map[bool]string{true: "loaded", false: "not loaded (no statement counts)"}[r.PSS],
 		o.Rounds, r.Elapsed.Round(time.Second))
 	p("")
@@ -132,6 +132,15 @@ func (r *Report) Markdown(w io.Writer) {
 	p("")
 	p("Baselines of the same run, on the same server and connection kind (median, then rounds): one-row commits (`BEGIN; INSERT; COMMIT`) **%s/s** (%s); raw claim + update (%d rows per `FOR UPDATE SKIP LOCKED` claim in id order, one `UPDATE` to finish them; no per-game order, lease check, lock or outbox) of %s jobs **%s jobs/s** (%s).",
 		fmtRate(median(commits)), joinRates(commits), o.Concurrency, count(o.RawClaimJobs), fmtRate(median(claims)), joinRates(claims))
+	p("")
+	p("Claim cost, first round: `EXPLAIN (ANALYZE, BUFFERS)` of each side's claim (custom plan: execution time, the top node's buffers) on the full backlog, and again beside the running queue once half the backlog is done (dead row versions of the done half included):")
+	p("")
+	p("| backlog | River's fetch of up to %s jobs: full · half done | our claim of up to %d jobs: full · half done |", count(o.RiverMaxWorkers), o.Concurrency)
+	p("|---|---|---|")
+	for _, row := range r.Sizes {
+		p("| %s | %s · %s | %s · %s |", count(row.Jobs), keyLines(row.RiverFetch.Custom), keyLines(row.RiverFetchMid.Custom),
+			keyLines(row.Claim.Custom), keyLines(row.ClaimMid.Custom))
+	}
 	if len(r.Alongside.River) > 0 {
 		rm, om := median(rates(r.Alongside.River)), median(rates(r.Alongside.Ours))
 		p("")
@@ -261,10 +270,12 @@ func (r *Report) explainMarkdown(w io.Writer) {
 	p("")
 	p("### EXPLAIN (ANALYZE, BUFFERS) of the claim")
 	p("")
-	p("Each taken on the full backlog before the timed run, in a transaction that is rolled back (a VACUUM then removes the row versions it left). The statement and its arguments are recorded from the real call (`db.Store.ClaimJobs`, River's `JobGetAvailable`), never copied.")
+	p("Each in a transaction that is rolled back: on the full backlog before the timed run (a VACUUM then removes the row versions it left), and in the first round also beside the running queue once half the backlog is done. The statement and its arguments are recorded from the real call (`db.Store.ClaimJobs`, River's `JobGetAvailable`), never copied.")
 	for _, row := range r.Sizes {
-		block(fmt.Sprintf("backlog %s, River", count(row.Jobs)), row.RiverFetch)
-		block(fmt.Sprintf("backlog %s, ours", count(row.Jobs)), row.Claim)
+		block(fmt.Sprintf("backlog %s, River, full", count(row.Jobs)), row.RiverFetch)
+		block(fmt.Sprintf("backlog %s, River, half done", count(row.Jobs)), row.RiverFetchMid)
+		block(fmt.Sprintf("backlog %s, ours, full", count(row.Jobs)), row.Claim)
+		block(fmt.Sprintf("backlog %s, ours, half done", count(row.Jobs)), row.ClaimMid)
 	}
 	for _, g := range r.Growth {
 		block(fmt.Sprintf("%s, %s, base: %s", g.Name, g.Side, g.BaseLabel), g.ClaimBase)

@@ -110,12 +110,19 @@ func (h *harness) run(ctx context.Context, rep *Report) error {
 		for i, n := range opts.Sizes {
 			for _, s := range []side{h.river, h.ours} {
 				h.progress("round %d/%d: %s works down %d jobs", round+1, opts.Rounds, s.name(), n)
-				m, ex, err := h.backlogRound(ctx, s, n, round == 0, nil)
+				row := &rep.Sizes[i]
+				var mid *Explain
+				if round == 0 {
+					mid = &row.ClaimMid
+					if s == side(h.river) {
+						mid = &row.RiverFetchMid
+					}
+				}
+				m, ex, err := h.backlogRound(ctx, s, n, round == 0, nil, mid)
 				if err != nil {
 					return err
 				}
 				h.progress("  %.0f jobs/s", m.PerSec())
-				row := &rep.Sizes[i]
 				if s == side(h.river) {
 					row.River = append(row.River, m)
 					if round == 0 {
@@ -161,13 +168,13 @@ func (h *harness) run(ctx context.Context, rep *Report) error {
 	return nil
 }
 
-// backlogRound works down a backlog of n jobs on an emptied table. setup
-// (if any) runs after the reset; fill (nil: n jobs of games of their own,
-// as the side's producer inserts them) inserts the backlog. With
-// withExplain the claim is explained on the full backlog first (its
+// backlogRound works down a backlog of n jobs on an emptied table. fill
+// (nil: n jobs of games of their own, as the side's producer inserts
+// them) puts the backlog, and anything else the table should hold, in.
+// With withExplain the claim is explained on the full backlog first (its
 // rolled-back claim leaves dead row versions, which a VACUUM removes
-// before the timed run).
-func (h *harness) backlogRound(ctx context.Context, s side, n int, withExplain bool, fill func(context.Context, *runner) error) (Measure, Explain, error) {
+// before the timed run); with mid also half-way (see workDown).
+func (h *harness) backlogRound(ctx context.Context, s side, n int, withExplain bool, fill func(context.Context, *runner) error, mid *Explain) (Measure, Explain, error) {
 	var ex Explain
 	if err := s.reset(ctx); err != nil {
 		return Measure{}, ex, err
@@ -195,7 +202,7 @@ func (h *harness) backlogRound(ctx context.Context, s side, n int, withExplain b
 			return Measure{}, ex, err
 		}
 	}
-	m, err := h.workDown(ctx, s, r, n)
+	m, err := h.workDown(ctx, s, r, n, mid)
 	if err != nil {
 		return m, ex, err
 	}

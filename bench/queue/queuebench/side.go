@@ -93,32 +93,54 @@ func warm(ctx context.Context, pool *pgxpool.Pool) error {
 const stallTimeout = time.Minute
 
 // workDown times r working until n jobs are done, with the database's
-// cost meanwhile. The caller has inserted the jobs.
-func (h *harness) workDown(ctx context.Context, s side, r *runner, n int) (Measure, error) {
+// cost meanwhile. The caller has inserted the jobs. With mid set, the
+// claim is also explained once half the jobs are done, beside the running
+// worker (one more claim among thousands, rolled back), into *mid.
+func (h *harness) workDown(ctx context.Context, s side, r *runner, n int, mid *Explain) (Measure, error) {
 	m := Measure{Jobs: n}
 	lsn, err := h.meter.start(ctx)
 	if err != nil {
 		return m, err
 	}
+	var midDone chan error
+	at := func(done int64) {
+		if mid != nil && midDone == nil && done >= int64(n)/2 {
+			midDone = make(chan error, 1)
+			go func() {
+				ex, err := r.explain(ctx)
+				*mid = ex
+				midDone <- err
+			}()
+		}
+	}
 	start := time.Now()
 	if err := r.begin(); err != nil {
 		return m, err
 	}
-	if err := waitDone(ctx, r, int64(n)); err != nil {
+	if err := waitDone(ctx, r, int64(n), at); err != nil {
 		return m, fmt.Errorf("%s: %w", s.name(), err)
 	}
 	m.Elapsed = time.Since(start)
 	if m.Cost, err = h.meter.stop(ctx, lsn, s.datname()); err != nil {
 		return m, err
 	}
+	if midDone != nil {
+		if err := <-midDone; err != nil {
+			return m, fmt.Errorf("%s: explain half-way: %w", s.name(), err)
+		}
+	}
 	return m, nil
 }
 
-// waitDone polls (in process, no SQL) until r has done n jobs.
-func waitDone(ctx context.Context, r *runner, n int64) error {
+// waitDone polls (in process, no SQL) until r has done n jobs, telling at
+// (if set) every count it sees.
+func waitDone(ctx context.Context, r *runner, n int64, at func(int64)) error {
 	last, lastAt := int64(-1), time.Now()
 	for {
 		d := r.done()
+		if at != nil {
+			at(d)
+		}
 		if d >= n {
 			return nil
 		}
@@ -187,7 +209,7 @@ func (h *harness) alongside(ctx context.Context, s side, r *runner, d time.Durat
 	if err := r.begin(); err != nil {
 		return m, err
 	}
-	if err := waitDone(ctx, r, 1); err != nil {
+	if err := waitDone(ctx, r, 1, nil); err != nil {
 		return m, fmt.Errorf("%s: %w", s.name(), err)
 	}
 	lsn, err := h.meter.start(ctx)
