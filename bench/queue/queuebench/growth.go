@@ -1,0 +1,223 @@
+package queuebench
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// growth runs the rows that check the cost stays flat as the work grows.
+// The backlog row (the two largest sizes) needs no run of its own.
+func (h *harness) growth(ctx context.Context, rep *Report) error {
+	o := h.opts
+	n := o.GrowthBacklog
+	for _, s := range []side{h.river, h.ours} {
+		row := GrowthRow{Name: "finished", Side: s.name(),
+			BaseLabel: fmt.Sprintf("%s queued, empty table", count(n)),
+			GrowLabel: fmt.Sprintf("%s queued, %s finished jobs in the table", count(n), count(o.Finished))}
+		var err error
+		h.progress("growth: %s works down %d jobs on an empty table", s.name(), n)
+		if row.Base, row.ClaimBase, err = h.backlogRound(ctx, s, n, true, nil, nil); err != nil {
+			return err
+		}
+		h.progress("growth: %s works down %d jobs behind %d finished jobs", s.name(), n, o.Finished)
+		fill := func(ctx context.Context, r *runner) error {
+			if err := s.addFinished(ctx, o.Finished); err != nil {
+				return err
+			}
+			return r.insert(ctx, n)
+		}
+		if row.Grow, row.ClaimGrow, err = h.backlogRound(ctx, s, n, true, fill, nil); err != nil {
+			return err
+		}
+		rep.Growth = append(rep.Growth, row)
+	}
+
+	// Games: the same backlog over a few games and over many.
+	row := GrowthRow{Name: "games", Side: h.ours.name(),
+		BaseLabel: fmt.Sprintf("%s queued over 100 games", count(n)),
+		GrowLabel: fmt.Sprintf("%s queued over %s games", count(n), count(o.ManyGames))}
+	for i, games := range []int{100, o.ManyGames} {
+		h.progress("growth: ours works down %d jobs of %d games", n, games)
+		m, ex, err := h.backlogRound(ctx, h.ours, n, true, func(ctx context.Context, _ *runner) error {
+			return h.ours.insertGames(ctx, n, "m", games)
+		}, nil)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			row.Base, row.ClaimBase = m, ex
+		} else {
+			row.Grow, row.ClaimGrow = m, ex
+		}
+	}
+	rep.Growth = append(rep.Growth, row)
+
+	hot, err := h.hotGame(ctx)
+	if err != nil {
+		return err
+	}
+	rep.Growth = append(rep.Growth, hot)
+	return nil
+}
+
+// hotGame puts one game with HotJobs queued jobs ahead of OtherGames games
+// with OtherJobsPerGame jobs each, and measures the other games: their
+// throughput working down their backlog, then their pickup latency for
+// jobs inserted at OtherRate while the hot game's jobs are still queued.
+// The base is the same without the hot game.
+func (h *harness) hotGame(ctx context.Context) (GrowthRow, error) {
+	o := h.opts
+	others := o.OtherGames * o.OtherJobsPerGame
+	row := GrowthRow{Name: "hot", Side: h.ours.name(),
+		BaseLabel: fmt.Sprintf("%d games × %d jobs", o.OtherGames, o.OtherJobsPerGame),
+		GrowLabel: fmt.Sprintf("the same behind one game with %s queued jobs", count(o.HotJobs))}
+	for _, hot := range []bool{false, true} {
+		h.progress("growth: ours, %d other games' jobs, hot game %v", others, hot)
+		m, ex, lat, left, err := h.hotRound(ctx, hot, others)
+		if err != nil {
+			return row, err
+		}
+		if hot {
+			row.Grow, row.ClaimGrow, row.PickupGrow, row.HotLeft = m, ex, lat, left
+		} else {
+			row.Base, row.ClaimBase, row.PickupBase = m, ex, lat
+		}
+	}
+	return row, nil
+}
+
+func (h *harness) hotRound(ctx context.Context, hot bool, others int) (m Measure, ex Explain, lat [2]time.Duration, hotLeft int, err error) {
+	o, opts := h.ours, h.opts
+	if err = o.reset(ctx); err != nil {
+		return
+	}
+	if hot {
+		if err = o.insertGames(ctx, opts.HotJobs, "hot", 1); err != nil {
+			return
+		}
+	}
+	if err = o.insertGames(ctx, others, "o", opts.OtherGames); err != nil {
+		return
+	}
+	if err = o.settle(ctx); err != nil {
+		return
+	}
+	r, err := o.prepare(ctx)
+	if err != nil {
+		return
+	}
+	stop := sync.OnceValue(r.stop)
+	defer func() { _ = stop() }()
+	if ex, err = r.explain(ctx); err != nil {
+		return
+	}
+	if err = o.settle(ctx); err != nil {
+		return
+	}
+
+	// Throughput of the others' backlog, from the database's clock.
+	var t0 time.Time
+	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT clock_timestamp()").Scan(&t0); err != nil {
+		return
+	}
+	lsn, err := h.meter.start(ctx)
+	if err != nil {
+		return
+	}
+	if err = r.begin(); err != nil {
+		return
+	}
+	if err = h.waitOthers(ctx, r, 0, others); err != nil {
+		return
+	}
+	if m.Cost, err = h.meter.stop(ctx, lsn, o.datname()); err != nil {
+		return
+	}
+	var span float64
+	if err = o.pool.QueryRow(ctx, `/* queuebench */ SELECT extract(epoch FROM max(finished_at) - $1)::float8
+FROM jobs WHERE game_id <> 'hot0' AND status = 'succeeded'`, t0).Scan(&span); err != nil {
+		return
+	}
+	m.Jobs, m.Elapsed = others, time.Duration(span*float64(time.Second))
+
+	// Pickup latency of jobs inserted while the hot game's are queued.
+	var after int64
+	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT coalesce(max(id), 0) FROM jobs").Scan(&after); err != nil {
+		return
+	}
+	if err = h.insertAtRate(ctx, others, opts.OtherRate, opts.OtherGames); err != nil {
+		return
+	}
+	if err = h.waitOthers(ctx, r, after, others); err != nil {
+		return
+	}
+	var p50, p99 float64
+	if err = o.pool.QueryRow(ctx, `/* queuebench */ SELECT
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - run_after)),
+  percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - run_after))
+FROM jobs WHERE id > $1 AND game_id <> 'hot0'`, after).Scan(&p50, &p99); err != nil {
+		return
+	}
+	lat = [2]time.Duration{time.Duration(p50 * float64(time.Second)), time.Duration(p99 * float64(time.Second))}
+	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT count(*) FROM jobs WHERE game_id = 'hot0' AND status = 'queued'").Scan(&hotLeft); err != nil {
+		return
+	}
+	err = stop()
+	return
+}
+
+// waitOthers waits until the n jobs of other games than the hot one with
+// ids above after have succeeded.
+func (h *harness) waitOthers(ctx context.Context, r *runner, after int64, n int) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		var done int
+		if err := h.ours.pool.QueryRow(ctx, `/* queuebench */ SELECT count(*) FROM jobs
+WHERE id > $1 AND game_id <> 'hot0' AND status = 'succeeded'`, after).Scan(&done); err != nil {
+			return err
+		}
+		if done >= n {
+			return nil
+		}
+		if err := r.failed(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ours: only %d of the other games' %d jobs done in 5 minutes", done, n)
+		}
+		time.Sleep(10 * time.Millisecond) // benchmark polling
+	}
+}
+
+// insertAtRate inserts n jobs of the other games at rate per second, in a
+// small INSERT every 10 ms (as the fleet simulation's Game Master).
+func (h *harness) insertAtRate(ctx context.Context, n int, rate float64, games int) error {
+	const tick = 10 * time.Millisecond
+	per := max(1, int(rate*tick.Seconds()))
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for sent := 0; sent < n; sent += per {
+		k := min(per, n-sent)
+		if _, err := h.ours.pool.Exec(ctx, `/* queuebench */ INSERT INTO jobs (host_id, game_id, kind)
+SELECT $1, 'o' || (i % $2), 'stop' FROM generate_series($3::int, $3::int + $4 - 1) AS i`, benchHost, games, sent, k); err != nil {
+			return fmt.Errorf("ours: insert at rate: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// count renders n with thousands separators.
+func count(n int) string {
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}

@@ -1,0 +1,116 @@
+package queuebench_test
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/galaxy/rtmanager/bench/queue/queuebench"
+)
+
+// TestTinyRun runs the whole harness at a tiny size on a throwaway
+// cluster, so that it cannot rot: every row is filled in from real runs of
+// both queues (Run itself checks that every job was done, and ours each
+// with its outcome event), the claims are explained, and the statements
+// are counted. The figures belong to `make bench-river`.
+func TestTinyRun(t *testing.T) {
+	ctx := context.Background()
+	srv, err := queuebench.StartServer(ctx, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	var progress bytes.Buffer
+	rep, err := queuebench.Run(ctx, queuebench.Options{
+		AdminURL: srv.AdminURL, Sizes: []int{200, 300}, Rounds: 1,
+		RawCommits: 50, RawClaimJobs: 100,
+		Alongside: time.Second, AlongsideMin: 200,
+		Growth: true, GrowthBacklog: 150, Finished: 1000, ManyGames: 40,
+		HotJobs: 200, OtherGames: 4, OtherJobsPerGame: 3, OtherRate: 1000,
+		Progress: &progress,
+	})
+	if err != nil {
+		t.Fatalf("%v\nprogress:\n%s", err, progress.String())
+	}
+	if !rep.PSS {
+		t.Fatal("pg_stat_statements is loaded on the server but was not found")
+	}
+	checkMeasure := func(what string, m queuebench.Measure, jobs int) {
+		t.Helper()
+		if m.Jobs != jobs || m.PerSec() <= 0 || m.Cost.Statements <= 0 || m.Cost.WALBytes <= 0 {
+			t.Errorf("%s: %+v, want %d jobs, a rate, statements and WAL", what, m, jobs)
+		}
+	}
+	if len(rep.Sizes) != 2 {
+		t.Fatalf("%d size rows, want 2", len(rep.Sizes))
+	}
+	for _, row := range rep.Sizes {
+		if len(row.River) != 1 || len(row.Ours) != 1 {
+			t.Fatalf("backlog %d: %d River and %d ours rounds, want 1 each", row.Jobs, len(row.River), len(row.Ours))
+		}
+		checkMeasure("River", row.River[0], row.Jobs)
+		checkMeasure("ours", row.Ours[0], row.Jobs)
+		if !strings.Contains(row.Claim.Custom, "Execution Time") || !strings.Contains(row.Claim.Generic, "Execution Time") ||
+			!strings.Contains(row.Claim.Custom, "jobs") {
+			t.Errorf("backlog %d: our claim was not explained:\n%s", row.Jobs, row.Claim.Custom)
+		}
+		if !strings.Contains(row.ClaimMid.Custom, "Execution Time") || !strings.Contains(row.RiverFetchMid.Custom, "Execution Time") {
+			t.Errorf("backlog %d: the claims were not explained half-way", row.Jobs)
+		}
+		if !strings.Contains(row.RiverFetch.Custom, "river_job") {
+			t.Errorf("backlog %d: River's fetch was not explained:\n%s", row.Jobs, row.RiverFetch.Custom)
+		}
+	}
+	// The statements counted are the queue's: ours claims and finishes.
+	var top []string
+	for _, s := range rep.Sizes[1].Ours[0].Cost.Top {
+		top = append(top, s.Query)
+	}
+	if all := strings.Join(top, "\n"); !strings.Contains(all, "ClaimJobs") || !strings.Contains(all, "FinishJobs") {
+		t.Errorf("our top statements lack the claim or the finish:\n%s", all)
+	}
+	if len(rep.Raw) != 1 || rep.Raw[0].CommitsPerSec <= 0 || rep.Raw[0].ClaimUpdatePerSec <= 0 {
+		t.Errorf("raw baselines: %+v", rep.Raw)
+	}
+	if len(rep.Alongside.River) != 1 || len(rep.Alongside.Ours) != 1 ||
+		rep.Alongside.River[0].Jobs <= 0 || rep.Alongside.Ours[0].Jobs <= 0 {
+		t.Errorf("alongside: %+v", rep.Alongside)
+	}
+	rows := map[string]queuebench.GrowthRow{}
+	for _, g := range rep.Growth {
+		rows[g.Name+"/"+g.Side] = g
+		if g.ClaimBase.Custom == "" || g.ClaimGrow.Custom == "" {
+			t.Errorf("growth %s/%s: claim not explained", g.Name, g.Side)
+		}
+	}
+	for _, name := range []string{"finished/River", "finished/ours", "games/ours", "hot/ours"} {
+		g, ok := rows[name]
+		if !ok {
+			t.Errorf("growth row %s missing", name)
+			continue
+		}
+		jobs := 150
+		if name == "hot/ours" {
+			jobs = 12
+		}
+		checkMeasure(name+" base", g.Base, jobs)
+		checkMeasure(name+" grown", g.Grow, jobs)
+	}
+	if hot := rows["hot/ours"]; hot.PickupGrow[0] <= 0 || hot.PickupGrow[1] < hot.PickupGrow[0] || hot.PickupBase[1] < hot.PickupBase[0] {
+		t.Errorf("hot game pickup: base %v, grown %v", hot.PickupBase, hot.PickupGrow)
+	}
+	// The hot game's plan visits its queued jobs, the base's does not.
+	if hot := rows["hot/ours"]; !strings.Contains(hot.ClaimGrow.Custom, "Anti Join") {
+		t.Errorf("hot game claim plan without the per-game check:\n%s", hot.ClaimGrow.Custom)
+	}
+
+	var md bytes.Buffer
+	rep.Markdown(&md)
+	for _, want := range []string{"| 200 |", "| 300 |", "ours/River", "backlog 200 → 300", "finished jobs in the table", "hot game", "### EXPLAIN (ANALYZE, BUFFERS)", "What each side's no-op job includes", "-- name: ClaimJobs"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, md.String())
+		}
+	}
+}

@@ -1,0 +1,291 @@
+package queuebench
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"time"
+)
+
+// RiverVersion is the River module this program was built with.
+func RiverVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/riverqueue/river" {
+				return d.Version
+			}
+		}
+	}
+	return "(unknown version)"
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func rates(ms []Measure) []float64 {
+	out := make([]float64, len(ms))
+	for i, m := range ms {
+		out[i] = m.PerSec()
+	}
+	return out
+}
+
+// perJob is the median over ms of f(m)/jobs; ok is false when f has no
+// figure (-1).
+func perJob(ms []Measure, f func(Measure) int64) (float64, bool) {
+	var xs []float64
+	for _, m := range ms {
+		v := f(m)
+		if v < 0 || m.Jobs == 0 {
+			return 0, false
+		}
+		xs = append(xs, float64(v)/float64(m.Jobs))
+	}
+	return median(xs), len(xs) > 0
+}
+
+func stmts(m Measure) int64 { return m.Cost.Statements }
+func wal(m Measure) int64   { return m.Cost.WALBytes }
+
+func fmtRate(x float64) string { return count(int(x + 0.5)) }
+
+func fmtRates(ms []Measure) string {
+	parts := make([]string, len(ms))
+	for i, m := range ms {
+		parts[i] = fmtRate(m.PerSec())
+	}
+	return strings.Join(parts, " ")
+}
+
+func fmtPerJob(ms []Measure, f func(Measure) int64, format string) string {
+	v, ok := perJob(ms, f)
+	if !ok {
+		return "n/a"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+// riverPool is the pool size River ran with.
+func (r *Report) riverPool() string {
+	if r.Options.PoolSize > 0 {
+		return fmt.Sprintf("%d connections", r.Options.PoolSize)
+	}
+	return fmt.Sprintf("pgxpool's default, %d connections here, as `river bench` opens it", max(4, runtime.NumCPU()))
+}
+
+func (r *Report) oursPool() string {
+	if r.Options.PoolSize > 0 {
+		return fmt.Sprintf("%d connections", r.Options.PoolSize)
+	}
+	return fmt.Sprintf("%d connections, as the agent sizes it", max(r.Options.Concurrency+6, 10))
+}
+
+// Markdown writes the report.
+func (r *Report) Markdown(w io.Writer) {
+	o := r.Options
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	p("## Queue: River and rtmanager side by side")
+	p("")
+	p("%s; %s; connection: %s; pg_stat_statements %s. Rounds per row: %d, alternating River, ours, River, …; the run took %s.",
+		r.Server, r.Settings, r.Connection, map[bool]string{true: "loaded", false: "not loaded (no statement counts)"}[r.PSS],
+		o.Rounds, r.Elapsed.Round(time.Second))
+	p("")
+	p("- River %s as `river bench` runs it: MaxWorkers %s, FetchCooldown %s, FetchPollInterval %s; a worker that returns nil; pool: %s.",
+		RiverVersion(), count(o.RiverMaxWorkers), o.RiverFetchCooldown, o.RiverFetchPollInterval, r.riverPool())
+	p("- ours: agent/worker as the agent runs it (LISTEN, batch finish) with `worker.Noop`, concurrency %d, one host; pool: %s.", o.Concurrency, r.oursPool())
+	p("")
+	p("### Backlog worked down (jobs/s; each job a game of its own)")
+	p("")
+	p("| backlog | River jobs/s, median (rounds) | ours jobs/s, median (rounds) | ours/River | statements/job River · ours | WAL bytes/job River · ours |")
+	p("|---|---|---|---|---|---|")
+	for _, row := range r.Sizes {
+		rm, om := median(rates(row.River)), median(rates(row.Ours))
+		p("| %s | **%s** (%s) | **%s** (%s) | **%s** | %s · %s | %s · %s |", count(row.Jobs),
+			fmtRate(rm), fmtRates(row.River), fmtRate(om), fmtRates(row.Ours), ratio(om, rm),
+			fmtPerJob(row.River, stmts, "%.3f"), fmtPerJob(row.Ours, stmts, "%.2f"),
+			fmtPerJob(row.River, wal, "%.0f"), fmtPerJob(row.Ours, wal, "%.0f"))
+	}
+	var commits, claims []float64
+	for _, raw := range r.Raw {
+		commits = append(commits, raw.CommitsPerSec)
+		claims = append(claims, raw.ClaimUpdatePerSec)
+	}
+	p("")
+	p("Baselines of the same run, on the same server and connection kind (median, then rounds): one-row commits (`BEGIN; INSERT; COMMIT`) **%s/s** (%s); raw claim + update (%d rows per `FOR UPDATE SKIP LOCKED` claim in id order, one `UPDATE` to finish them; no per-game order, lease check, lock or outbox) of %s jobs **%s jobs/s** (%s).",
+		fmtRate(median(commits)), joinRates(commits), o.Concurrency, count(o.RawClaimJobs), fmtRate(median(claims)), joinRates(claims))
+	p("")
+	p("Claim cost, first round: `EXPLAIN (ANALYZE, BUFFERS)` of each side's claim (custom plan: execution time, the top node's buffers) on the full backlog, and again beside the running queue once half the backlog is done (dead row versions of the done half included):")
+	p("")
+	p("| backlog | River's fetch of up to %s jobs: full · half done | our claim of up to %d jobs: full · half done |", count(o.RiverMaxWorkers), o.Concurrency)
+	p("|---|---|---|")
+	for _, row := range r.Sizes {
+		p("| %s | %s · %s | %s · %s |", count(row.Jobs), keyLines(row.RiverFetch.Custom), keyLines(row.RiverFetchMid.Custom),
+			keyLines(row.Claim.Custom), keyLines(row.ClaimMid.Custom))
+	}
+	if len(r.Alongside.River) > 0 {
+		rm, om := median(rates(r.Alongside.River)), median(rates(r.Alongside.Ours))
+		p("")
+		p("### Inserts alongside")
+		p("")
+		p("Each side works for %s while its producer keeps at least %s jobs queued, inserting 5,000 at a time (`river bench` without `-n`; ours: one multi-row `INSERT`).", o.Alongside, count(o.AlongsideMin))
+		p("")
+		p("| River jobs/s, median (rounds) | ours jobs/s, median (rounds) | ours/River | statements/job River · ours | WAL bytes/job River · ours |")
+		p("|---|---|---|---|---|")
+		p("| **%s** (%s) | **%s** (%s) | **%s** | %s · %s | %s · %s |", fmtRate(rm), fmtRates(r.Alongside.River), fmtRate(om), fmtRates(r.Alongside.Ours), ratio(om, rm),
+			fmtPerJob(r.Alongside.River, stmts, "%.3f"), fmtPerJob(r.Alongside.Ours, stmts, "%.2f"),
+			fmtPerJob(r.Alongside.River, wal, "%.0f"), fmtPerJob(r.Alongside.Ours, wal, "%.0f"))
+	}
+	r.growthMarkdown(w)
+	r.statementsMarkdown(w)
+	p("")
+	p("### What each side's no-op job includes")
+	p("")
+	p("%s", workloadText(o))
+	r.explainMarkdown(w)
+}
+
+func joinRates(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmtRate(x)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (r *Report) growthMarkdown(w io.Writer) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	type line struct{ what, side, base, grow, ratio, claim string }
+	var lines []line
+	// Backlog: the two largest sizes of the main table.
+	if len(r.Sizes) >= 2 {
+		sizes := slices.Clone(r.Sizes)
+		slices.SortFunc(sizes, func(a, b SizeRow) int { return a.Jobs - b.Jobs })
+		a, b := sizes[len(sizes)-2], sizes[len(sizes)-1]
+		for _, s := range []struct {
+			name   string
+			ma, mb []Measure
+			ea, eb Explain
+		}{{"River", a.River, b.River, a.RiverFetch, b.RiverFetch}, {"ours", a.Ours, b.Ours, a.Claim, b.Claim}} {
+			ra, rb := median(rates(s.ma)), median(rates(s.mb))
+			lines = append(lines, line{fmt.Sprintf("backlog %s → %s", count(a.Jobs), count(b.Jobs)), s.name,
+				fmtRate(ra) + " jobs/s", fmtRate(rb) + " jobs/s", ratio(rb, ra), keyLines(s.ea.Custom) + " → " + keyLines(s.eb.Custom)})
+		}
+	}
+	for _, g := range r.Growth {
+		base, grow := g.Base.PerSec(), g.Grow.PerSec()
+		what := map[string]string{"finished": "finished jobs in the table", "games": "many games", "hot": "hot game: the other games' throughput"}[g.Name]
+		lines = append(lines, line{what + " (" + g.BaseLabel + " → " + g.GrowLabel + ")", g.Side,
+			fmtRate(base) + " jobs/s", fmtRate(grow) + " jobs/s", ratio(grow, base), keyLines(g.ClaimBase.Custom) + " → " + keyLines(g.ClaimGrow.Custom)})
+		if g.Name == "hot" {
+			lines = append(lines, line{fmt.Sprintf("hot game: the other games' pickup p50 / p99, jobs inserted at %.0f/s (%s of the hot game's jobs still queued after)", r.Options.OtherRate, count(g.HotLeft)), g.Side,
+				fmt.Sprintf("%s / %s", ms(g.PickupBase[0]), ms(g.PickupBase[1])), fmt.Sprintf("%s / %s", ms(g.PickupGrow[0]), ms(g.PickupGrow[1])),
+				ratio(float64(g.PickupGrow[1]), float64(g.PickupBase[1])) + " (p99)", ""})
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	p("")
+	p("### Flat as the work grows (target: grown within 10 %% of base)")
+	p("")
+	p("One run per row (the backlog row: medians of the rounds above). The claim column is `EXPLAIN (ANALYZE, BUFFERS)` of the side's claim on the full backlog, custom plan: execution time and the top node's buffers.")
+	p("")
+	p("| row | side | base | grown | grown/base | claim, base → grown |")
+	p("|---|---|---|---|---|---|")
+	for _, l := range lines {
+		p("| %s | %s | %s | %s | **%s** | %s |", l.what, l.side, l.base, l.grow, l.ratio, l.claim)
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+// statementsMarkdown lists the busiest statements of the largest backlog's
+// last round, per job.
+func (r *Report) statementsMarkdown(w io.Writer) {
+	if !r.PSS || len(r.Sizes) == 0 {
+		return
+	}
+	row := slices.MaxFunc(r.Sizes, func(a, b SizeRow) int { return a.Jobs - b.Jobs })
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	p("")
+	p("### Statements per job, backlog %s, last round (pg_stat_statements)", count(row.Jobs))
+	for _, s := range []struct {
+		name string
+		ms   []Measure
+	}{{"River", row.River}, {"ours", row.Ours}} {
+		if len(s.ms) == 0 {
+			continue
+		}
+		m := s.ms[len(s.ms)-1]
+		p("")
+		p("%s: %.3f statements and %.0f WAL bytes per job.", s.name, float64(m.Cost.Statements)/float64(m.Jobs), float64(m.Cost.WALBytes)/float64(m.Jobs))
+		p("")
+		p("| calls/job | statement |")
+		p("|---|---|")
+		for _, t := range m.Cost.Top {
+			q := t.Query
+			if len(q) > 110 {
+				q = q[:110] + "…"
+			}
+			p("| %.4f | `%s` |", float64(t.Calls)/float64(m.Jobs), strings.ReplaceAll(q, "|", "\\|"))
+		}
+	}
+}
+
+func (r *Report) explainMarkdown(w io.Writer) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	block := func(title string, ex Explain) {
+		if ex.Custom == "" {
+			return
+		}
+		p("")
+		p("#### %s — %s", title, ex.Statement)
+		p("")
+		p("```text")
+		p("-- custom plan (for these parameter values)")
+		fmt.Fprint(w, ex.Custom)
+		p("-- generic plan (plan_cache_mode=force_generic_plan)")
+		fmt.Fprint(w, ex.Generic)
+		p("```")
+	}
+	p("")
+	p("### EXPLAIN (ANALYZE, BUFFERS) of the claim")
+	p("")
+	p("Each in a transaction that is rolled back: on the full backlog before the timed run (a VACUUM then removes the row versions it left), and in the first round also beside the running queue once half the backlog is done. The statement and its arguments are recorded from the real call (`db.Store.ClaimJobs`, River's `JobGetAvailable`), never copied.")
+	for _, row := range r.Sizes {
+		block(fmt.Sprintf("backlog %s, River, full", count(row.Jobs)), row.RiverFetch)
+		block(fmt.Sprintf("backlog %s, River, half done", count(row.Jobs)), row.RiverFetchMid)
+		block(fmt.Sprintf("backlog %s, ours, full", count(row.Jobs)), row.Claim)
+		block(fmt.Sprintf("backlog %s, ours, half done", count(row.Jobs)), row.ClaimMid)
+	}
+	for _, g := range r.Growth {
+		block(fmt.Sprintf("%s, %s, base: %s", g.Name, g.Side, g.BaseLabel), g.ClaimBase)
+		block(fmt.Sprintf("%s, %s, grown: %s", g.Name, g.Side, g.GrowLabel), g.ClaimGrow)
+	}
+}
+
+func workloadText(o Options) string {
+	return fmt.Sprintf(`**ours** (what BenchmarkQueueNoop and the agent run): one statement claims up to the free slots (concurrency %d) of the host's due jobs, in id order, each only if no earlier job of its game is queued or running (per-game FIFO), with FOR UPDATE SKIP LOCKED, and gives each a lease (owner, expiry, attempt, started_at). Every job's payload is decoded and validated against the policy, gets a span, and runs on a goroutine of its own; a renewal loop extends the leases of jobs in flight. The batch finisher then writes the outcomes of the jobs in flight in one statement and one transaction: it takes each game's advisory transaction lock (in key order), sets each job succeeded only if it is still running under this owner and attempt, and appends one outbox event per job (carrying its transaction id, for the Game Master's gap-free reader; a statement trigger notifies outbox readers). Inserts are plain INSERTs whose row trigger notifies the host's agent. Freed slots are refilled by the next claim.
+
+**River** (what `+"`river bench`"+` runs): one statement locks up to MaxWorkers (%s) minus running available jobs of the queue (FOR UPDATE SKIP LOCKED, in priority, scheduled_at, id order) and marks them running (attempt, attempted_at, attempted_by). Each job runs on a goroutine; its completion goes to the batch completer, which marks up to 5,000 jobs completed per statement. There is no per-key order, no lease (a job stuck running is rescued after RescueStuckJobsAfter, 1 h by default), no transaction per job, and no event row: completion events go to in-process subscribers only. The client also runs a leader election, maintenance services and producer heartbeats; their statements are in its counts. Inserts are InsertMany calls of 5,000 jobs, with a notification to the producers.`,
+		o.Concurrency, count(o.RiverMaxWorkers))
+}
