@@ -89,10 +89,12 @@ func (w *Worker) finishBatches(ctx context.Context) {
 	}
 }
 
+// inFlight is the count of jobs running (buffered ones have no outcome
+// to hand in yet).
 func (w *Worker) inFlight() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.inflight)
+	return w.active()
 }
 
 // flush writes one batch and answers each of its requests.
@@ -146,8 +148,12 @@ func (w *Worker) flush(batch []finishReq) {
 			w.vacate(req.r)
 		}
 	}
+	w.dispatch()
+	wake := w.wantClaim()
 	w.mu.Unlock()
-	w.signal()
+	if wake {
+		w.signal()
+	}
 	for _, req := range batch {
 		if _, ok := done[req.r.job.ID]; ok {
 			req.res <- nil
