@@ -35,10 +35,19 @@ SELECT * FROM jobs WHERE id = $1;
 --
 -- There is always exactly one row of queue state; the claimed jobs are
 -- joined to it, so a claim of nothing returns one row with a NULL id.
+--
+-- Cost: the candidates come from jobs_claim_idx (host_id, id) WHERE status
+-- = 'queued', in its order, so finished jobs are never read. The host is
+-- compared as ANY of a one-element array and the order is (host_id, id) so
+-- that no other index can give that order: with the primary key (id order,
+-- every row) the planner would read each finished row before the queued
+-- ones whenever its statistics were taken with a full queue. The claimed
+-- rows are then updated through the primary key by id (a join would hash
+-- the whole table).
 WITH candidates AS (
     SELECT j.id
     FROM jobs j
-    WHERE j.host_id = sqlc.arg(host_id)
+    WHERE j.host_id = ANY(ARRAY[sqlc.arg(host_id)::text])
       AND j.status = 'queued'
       AND j.run_after <= now()
       AND j.cancel_requested_at IS NULL
@@ -48,7 +57,7 @@ WITH candidates AS (
             AND e.status IN ('queued', 'running')
             AND e.id < j.id
       )
-    ORDER BY j.id
+    ORDER BY j.host_id, j.id
     LIMIT sqlc.arg(max_jobs)
     FOR UPDATE SKIP LOCKED
 ),
@@ -59,8 +68,7 @@ claimed AS (
         lease_owner = sqlc.arg(lease_owner)::text,
         lease_expires_at = now() + sqlc.arg(lease_ms)::bigint * interval '1 millisecond',
         started_at = now()
-    FROM candidates
-    WHERE jobs.id = candidates.id
+    WHERE jobs.id = ANY(ARRAY(SELECT candidates.id FROM candidates))
     RETURNING jobs.*
 ),
 queue AS (

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/galaxy/rtmanager/internal/db"
@@ -14,6 +15,13 @@ const (
 	// maxFinishLinger bounds how long the batch finisher waits for the
 	// outcomes of jobs still running before it writes those it has.
 	maxFinishLinger = time.Millisecond
+	// finishWriters is how many batches may be written at once: while
+	// one commits, the next is collected and written, so that a host
+	// with many short jobs keeps both the database and the worker busy.
+	// Batches written at once hold different jobs; their game locks,
+	// taken in key order before any write, keep the events of a game in
+	// commit order and the two from deadlocking.
+	finishWriters = 2
 )
 
 // finishReq asks the batch finisher to record a final outcome without a
@@ -55,11 +63,19 @@ func (w *Worker) finishBatched(r *running, o db.Outcome, keepSlot bool) error {
 // It runs until ctx is done, which Run does only after every job
 // goroutine has returned: no request is left unanswered.
 func (w *Worker) finishBatches(ctx context.Context) {
-	batch := make([]finishReq, 0, min(w.cfg.Concurrency, maxFinishBatch))
 	linger := time.NewTimer(maxFinishLinger)
 	defer linger.Stop()
+	writers := make(chan struct{}, finishWriters)
+	// writing counts the jobs of the batches being written: their
+	// outcomes are in, so the next batch does not wait for them.
+	var writing atomic.Int64
+	defer func() {
+		for range finishWriters {
+			writers <- struct{}{}
+		}
+	}()
 	for {
-		batch = batch[:0]
+		batch := make([]finishReq, 0, min(w.cfg.Concurrency, maxFinishBatch))
 		select {
 		case <-ctx.Done():
 			return
@@ -75,7 +91,7 @@ func (w *Worker) finishBatches(ctx context.Context) {
 				continue
 			default:
 			}
-			if len(batch) >= w.inFlight() {
+			if len(batch) >= w.inFlight()-int(writing.Load()) {
 				break
 			}
 			select {
@@ -85,14 +101,22 @@ func (w *Worker) finishBatches(ctx context.Context) {
 				break collect
 			}
 		}
-		w.flush(batch)
+		writers <- struct{}{}
+		writing.Add(int64(len(batch)))
+		go func() {
+			defer func() { <-writers }()
+			w.flush(batch)
+			writing.Add(-int64(len(batch)))
+		}()
 	}
 }
 
+// inFlight is the count of jobs running (buffered ones have no outcome
+// to hand in yet).
 func (w *Worker) inFlight() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.inflight)
+	return w.active()
 }
 
 // flush writes one batch and answers each of its requests.
@@ -146,8 +170,12 @@ func (w *Worker) flush(batch []finishReq) {
 			w.vacate(req.r)
 		}
 	}
+	w.dispatch()
+	wake := w.wantClaim()
 	w.mu.Unlock()
-	w.signal()
+	if wake {
+		w.signal()
+	}
 	for _, req := range batch {
 		if _, ok := done[req.r.job.ID]; ok {
 			req.res <- nil

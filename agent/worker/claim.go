@@ -10,20 +10,18 @@ import (
 )
 
 // claim runs the claim statement (db.Store.Claim): it fills the free
-// slots, cancels the queued jobs whose cancel was asked for, and arms due
+// slots and the local buffer (claimSize), cancels the queued jobs whose cancel was asked for, and arms due
 // for the next job that is not yet due, so that a scheduled job (or a
 // retry after its backoff) is claimed when it falls due rather than at the
 // next poll. It reports whether there may be more to do at once: every
 // free slot was filled, or a cancel let a game's next job through.
 //
-// With every slot taken it still runs the statement, claiming nothing, to
+// With every slot taken (or the buffer more than half full) it still runs the statement, claiming nothing, to
 // see cancel requests and the next due time at once, except when the loop
 // is only looking again after a claim of its own (again): then nothing new
 // can have arrived, and a freed slot wakes the loop anyway.
 func (w *Worker) claim(ctx context.Context, due *time.Timer, again bool) bool {
-	w.mu.Lock()
-	free := max(w.cfg.Concurrency-len(w.inflight), 0)
-	w.mu.Unlock()
+	free := w.claimSize()
 	if free == 0 && again {
 		return false
 	}

@@ -43,6 +43,16 @@ func (w *Worker) runJob(r *running) {
 		w.finish(r, log, db.Outcome{Status: job.StatusCancelled}, nil)
 		return
 	}
+	switch cause := context.Cause(r.ctx); {
+	case errors.Is(cause, errLeaseLost):
+		// Lost while it waited in the buffer: someone else may hold it.
+		log.Warn("buffered job dropped: lease lost before it started")
+		return
+	case errors.Is(cause, errCancelRequested):
+		// Its cancel came while it waited in the buffer: it never runs.
+		w.finish(r, log, db.Outcome{Status: job.StatusCancelled, Error: "cancelled before it started"}, nil)
+		return
+	}
 	maxAttempts := w.maxAttempts(j)
 	if j.Attempt > maxAttempts {
 		// Only a requeued lease gets here: an agent died during each of

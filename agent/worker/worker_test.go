@@ -475,6 +475,17 @@ func TestIgnoresOtherHostsJobs(t *testing.T) {
 // insertion order, and no job is left running.
 func TestManyWorkersKeepPerGameOrder(t *testing.T) {
 	t.Parallel()
+	checkManyWorkersKeepPerGameOrder(t, 0)
+}
+
+// TestManyWorkersKeepPerGameOrderWithPrefetch: claims larger than the free
+// slots, held in each worker's buffer, keep the same guarantees.
+func TestManyWorkersKeepPerGameOrderWithPrefetch(t *testing.T) {
+	t.Parallel()
+	checkManyWorkersKeepPerGameOrder(t, 64)
+}
+
+func checkManyWorkersKeepPerGameOrder(t *testing.T, prefetch int) {
 	const workers, games, jobs = 8, 100, 5000
 	s := newStore(t)
 	if _, err := s.Pool().Exec(context.Background(),
@@ -511,6 +522,7 @@ func TestManyWorkersKeepPerGameOrder(t *testing.T) {
 	var stops []func()
 	for i := range workers {
 		cfg := testConfig(fmt.Sprintf("owner-%d", i))
+		cfg.Prefetch = prefetch
 		w := worker.New(s, exec, nil, cfg)
 		all = append(all, w)
 		stops = append(stops, startWorker(t, w))

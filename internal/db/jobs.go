@@ -1,9 +1,11 @@
 package db
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -152,6 +154,9 @@ func (s *Store) Claim(ctx context.Context, hostID, owner string, max int, lease 
 			c.Jobs = append(c.Jobs, claimedJob(r))
 		}
 	}
+	// In id order, the order they were queued in, whatever order the
+	// UPDATE returned them in: the worker starts them in this order.
+	slices.SortFunc(c.Jobs, func(a, b Job) int { return cmp.Compare(a.ID, b.ID) })
 	return c, nil
 }
 

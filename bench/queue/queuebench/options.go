@@ -32,6 +32,10 @@ type Options struct {
 	// Concurrency of our worker (default 8, the agent's RTM_CONCURRENCY
 	// default).
 	Concurrency int
+	// Prefetch is our worker's Config.Prefetch: jobs a claim may take
+	// beyond the free slots, held in its local buffer (default 0, the
+	// agent's).
+	Prefetch int
 	// PoolSize, when set, is both sides' connection pool size. Zero: each
 	// side's own default (River: pgxpool's, as `river bench` opens it;
 	// ours: the agent's, max(Concurrency+6, 10)).

@@ -26,6 +26,7 @@ type ours struct {
 	url, db     string
 	pool        *pgxpool.Pool // the harness's own: inserts, resets, checks
 	concurrency int
+	prefetch    int
 	poolSize    int
 	log         *slog.Logger
 	rounds      atomic.Int64
@@ -125,7 +126,7 @@ func (o *ours) prepareWith(ctx context.Context, exec worker.Executor) (*runner, 
 	lease := 30 * time.Second
 	w := worker.New(store, exec, nil, worker.Config{
 		HostID: benchHost, Owner: fmt.Sprintf("queuebench-%d", o.rounds.Add(1)),
-		Concurrency: o.concurrency, LeaseDuration: lease, PollInterval: time.Second, UseListen: true,
+		Concurrency: o.concurrency, Prefetch: o.prefetch, LeaseDuration: lease, PollInterval: time.Second, UseListen: true,
 		Policy: p, Logger: o.log, RescueInterval: max(2*time.Minute, lease),
 	})
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -179,7 +180,7 @@ func (o *ours) explainClaim(ctx context.Context) (Explain, error) {
 	defer pool.Close()
 	store := db.NewStore(pool, nil)
 	stmts, err := cp.record(func() error {
-		got, err := store.ClaimJobs(ctx, probeHost, probeOwner, o.concurrency, 30*time.Second)
+		got, err := store.ClaimJobs(ctx, probeHost, probeOwner, o.concurrency+o.prefetch, 30*time.Second)
 		if err == nil && len(got) > 0 {
 			err = errors.New("the probe host has jobs")
 		}
@@ -193,5 +194,5 @@ func (o *ours) explainClaim(ctx context.Context) (Explain, error) {
 		return Explain{}, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return explain(ctx, conn, fmt.Sprintf("ours: db.Store.ClaimJobs(host, owner, %d, 30s)", o.concurrency), stmts, map[string]string{probeHost: benchHost})
+	return explain(ctx, conn, fmt.Sprintf("ours: db.Store.ClaimJobs(host, owner, %d, 30s)", o.concurrency+o.prefetch), stmts, map[string]string{probeHost: benchHost})
 }

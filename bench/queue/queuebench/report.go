@@ -111,7 +111,7 @@ func (r *Report) Markdown(w io.Writer) {
 	p("")
 	p("- River %s as `river bench` runs it: MaxWorkers %s, FetchCooldown %s, FetchPollInterval %s; a worker that returns nil; pool: %s.",
 		RiverVersion(), count(o.RiverMaxWorkers), o.RiverFetchCooldown, o.RiverFetchPollInterval, r.riverPool())
-	p("- ours: agent/worker as the agent runs it (LISTEN, batch finish) with `worker.Noop`, concurrency %d, one host; pool: %s.", o.Concurrency, r.oursPool())
+	p("- ours: agent/worker as the agent runs it (LISTEN, batch finish) with `worker.Noop`, concurrency %d, prefetch %d, one host; pool: %s.", o.Concurrency, o.Prefetch, r.oursPool())
 	p("")
 	p("### Backlog worked down (jobs/s; each job a game of its own)")
 	p("")
@@ -135,7 +135,7 @@ func (r *Report) Markdown(w io.Writer) {
 	p("")
 	p("Claim cost, first round: `EXPLAIN (ANALYZE, BUFFERS)` of each side's claim (custom plan: execution time, the top node's buffers) on the full backlog, and again beside the running queue once half the backlog is done (dead row versions of the done half included):")
 	p("")
-	p("| backlog | River's fetch of up to %s jobs: full · half done | our claim of up to %d jobs: full · half done |", count(o.RiverMaxWorkers), o.Concurrency)
+	p("| backlog | River's fetch of up to %s jobs: full · half done | our claim of up to %d jobs: full · half done |", count(o.RiverMaxWorkers), o.Concurrency+o.Prefetch)
 	p("|---|---|---|")
 	for _, row := range r.Sizes {
 		p("| %s | %s · %s | %s · %s |", count(row.Jobs), keyLines(row.RiverFetch.Custom), keyLines(row.RiverFetchMid.Custom),

@@ -85,7 +85,7 @@ WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffer
 	h := &harness{
 		opts:  opts,
 		meter: newMeter(ctx, oursPool),
-		ours:  &ours{url: oursURL, db: names["ours"], pool: oursPool, concurrency: opts.Concurrency, poolSize: opts.PoolSize, log: log},
+		ours:  &ours{url: oursURL, db: names["ours"], pool: oursPool, concurrency: opts.Concurrency, prefetch: opts.Prefetch, poolSize: opts.PoolSize, log: log},
 		river: &riverSide{url: riverURL, db: names["river"], pool: riverPool, poolSize: opts.PoolSize, log: log, cfg: river.Config{
 			FetchCooldown:     opts.RiverFetchCooldown,
 			FetchPollInterval: opts.RiverFetchPollInterval,

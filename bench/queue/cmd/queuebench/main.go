@@ -40,6 +40,7 @@ func main() {
 	flag.StringVar(&sizes, "sizes", "5000,50000,200000", "comma-separated backlog sizes, one row each")
 	flag.IntVar(&o.Rounds, "rounds", 3, "rounds per size and side, alternating")
 	flag.IntVar(&o.Concurrency, "concurrency", 8, "our worker's concurrency (RTM_CONCURRENCY)")
+	flag.IntVar(&o.Prefetch, "prefetch", 0, "our worker's Prefetch: jobs claimed beyond the free slots into its local buffer (agent default 0)")
 	flag.IntVar(&o.PoolSize, "pool", 0, "both sides' pool size; 0: each side's own default")
 	flag.IntVar(&o.RiverMaxWorkers, "river-workers", 2000, "River's MaxWorkers (river bench: 2,000)")
 	flag.DurationVar(&o.RiverFetchCooldown, "river-fetch-cooldown", 2*time.Millisecond, "River's FetchCooldown (river bench: 2ms)")
