@@ -36,6 +36,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/watcher"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 )
 
@@ -236,9 +237,11 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 	})
 	p.rec = reconcile.New(store, docker, reconcile.Config{
 		HostID: cfg.HostID, Interval: cfg.ReconcileInterval, OrphanGrace: cfg.OrphanGrace, Intents: intents, Logger: log,
+		Crash: crash.Limits{Lines: cfg.CrashLines, Bytes: cfg.CrashBytes},
 	})
 	p.watch = watcher.New(store, docker, p.rec, intents, watcher.Config{
 		HostID: cfg.HostID, IdleTimeout: cfg.EventsIdleTimeout, Logger: log,
+		Crash: crash.Limits{Lines: cfg.CrashLines, Bytes: cfg.CrashBytes},
 	})
 	var gc *sweeper.ImageGCConfig
 	if cfg.ImageGC {

@@ -64,6 +64,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
@@ -95,6 +96,9 @@ type Config struct {
 	// operations: a record whose container the sweeper is removing is
 	// left to the sweeper, which commits the removal with reason cleanup.
 	Intents *intent.Registry
+	// Crash bounds the output kept in the crash report of an exit this
+	// reconciler finds (reconcile_exit); zero fields take the defaults.
+	Crash crash.Limits
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -419,6 +423,9 @@ func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord, g
 			return *cur, outbox.TransitionDetails{}, nil
 		}
 		reason = d.Reason
+		if err == nil && IsCrash(next, d) {
+			d.Crash = CaptureCrash(ctx, r.eng, r.cfg.Crash, next, d, r.log)
+		}
 		return next, d, err
 	})
 	if err != nil {

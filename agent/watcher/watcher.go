@@ -52,6 +52,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 	"github.com/galaxy/rtmanager/internal/retry"
@@ -86,6 +87,9 @@ type Config struct {
 	// With no stored cursor yet, the subscription starts this long before
 	// the agent's clock (the relist that follows covers the rest).
 	CursorMargin time.Duration
+	// Crash bounds the output kept in the crash report of an observed die
+	// no job asked for; zero fields take the defaults.
+	Crash crash.Limits
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -443,6 +447,9 @@ func (w *Watcher) apply(ctx context.Context, ev engine.Event, read time.Time) (e
 			next, d, v = Map(cur, in)
 		}
 		verdict = v
+		if v == Apply && reconcile.IsCrash(next, d) {
+			d.Crash = reconcile.CaptureCrash(ctx, w.eng, w.cfg.Crash, next, d, w.log)
+		}
 		if v != Apply {
 			if cur == nil {
 				return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, errNoRecord

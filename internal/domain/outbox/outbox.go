@@ -88,6 +88,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
@@ -313,6 +314,9 @@ type TransitionDetails struct {
 	// JobID is the job that asked for the transition, 0 for none; set with
 	// a job_* reason only.
 	JobID int64
+	// Crash is the crash report of an exit no job asked for, written with
+	// the transition (not part of the event's payload); nil for none.
+	Crash *crash.Report
 }
 
 // ForTransition returns the event reporting the transition from before

@@ -16,9 +16,14 @@
 //	ENGINE_EXIT_CODE        … with this code (default 0)
 //	ENGINE_IGNORE_SIGTERM=1 ignore SIGTERM (to test stop timeouts/SIGKILL)
 //	ENGINE_ALLOC_MB         allocate and touch this many MiB at start (OOM tests)
+//	ENGINE_HOSTILE_OUTPUT=1 before exiting by itself, print ~10 MB to stdout
+//	                        (a 1 MiB line among them), then terminal escape
+//	                        sequences, control characters and invalid UTF-8 to
+//	                        stderr (crash report tests)
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -27,6 +32,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -91,6 +97,9 @@ func main() {
 		fmt.Fprintf(os.Stderr, "engine: %s, exiting\n", s)
 	case <-exitAfter:
 		code, _ = strconv.Atoi(os.Getenv("ENGINE_EXIT_CODE"))
+		if os.Getenv("ENGINE_HOSTILE_OUTPUT") == "1" {
+			hostileOutput()
+		}
 		fmt.Fprintf(os.Stderr, "engine: ENGINE_EXIT_AFTER elapsed, exiting with %d\n", code)
 	case err := <-serveErr:
 		fmt.Fprintf(os.Stderr, "engine: serve: %v\n", err)
@@ -116,4 +125,21 @@ func writeState(gameID string, started time.Time) {
 		return // not writable: fine
 	}
 	_ = os.Rename(tmp, filepath.Join(dir, "engine-started"))
+}
+
+// hostileOutput prints what a crash report must survive: volume, one
+// endless line, escape sequences, control characters, invalid UTF-8.
+func hostileOutput() {
+	out := bufio.NewWriterSize(os.Stdout, 1<<16)
+	filler := strings.Repeat("x", 990)
+	for i := range 10_000 {
+		fmt.Fprintf(out, "%06d %s\n", i, filler)
+	}
+	fmt.Fprintf(out, "long %s\n", strings.Repeat("y", 1<<20))
+	fmt.Fprint(out, "stdout last \x1b[2J\x1b]0;pwned\x07 words\n")
+	_ = out.Flush()
+	// Docker copies each stream on its own: let it drain the stdout pipe
+	// so that the streams keep their order in the log.
+	time.Sleep(500 * time.Millisecond)
+	fmt.Fprint(os.Stderr, "\x1b[31mred\x1b[0m \xff\xfe invalid \u202e rtl \x00 nul \\ backslash\n")
 }
