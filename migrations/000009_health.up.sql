@@ -22,3 +22,14 @@ CREATE TABLE crash_reports (
     CONSTRAINT crash_reports_lines_size_check CHECK (octet_length(lines::text) <= 1048576)
 );
 CREATE INDEX crash_reports_game_idx ON crash_reports (game_id, id DESC);
+
+-- The health of the running engine, as Docker's health check says: kept
+-- beside the record's seed fields (RuntimeRecord.Validate says nothing of
+-- it). 'none' when the engine has no check or does not run; a new
+-- container, a new start or an exit resets it to 'none' (UpsertRecord),
+-- and the watcher or a relist sets it from Docker.
+ALTER TABLE runtime_records
+    ADD COLUMN health text NOT NULL DEFAULT 'none',
+    ADD CONSTRAINT runtime_records_health_check CHECK (
+        health IN ('none', 'starting', 'healthy', 'unhealthy')
+        AND (health = 'none' OR status = 'running'));

@@ -110,6 +110,7 @@ func recordsShow(ctx context.Context, e *env, args []string) int {
 		"game", r.GameID,
 		"host", r.HostID,
 		"status", string(r.Status),
+		"health", r.Health,
 		"container", r.CurrentContainerID,
 		"image", r.CurrentImageRef,
 		"endpoint", r.EngineEndpoint,

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -47,4 +48,27 @@ func CaptureCrash(ctx context.Context, eng engine.Engine, lim crash.Limits, next
 		}
 	}
 	return r
+}
+
+// health records the health Docker reports for the running container of
+// a running record when it differs from the record's (a health_status
+// event the watcher missed): one runtime.health event, reason
+// reconcile_health.
+func (r *Reconciler) health(ctx context.Context, rec runtime.RuntimeRecord, c engine.Container, found bool, have runtime.Health, rep *Report) error {
+	if !found || !c.Running || rec.Status != runtime.StatusRunning {
+		return nil
+	}
+	want := runtime.HealthFromDocker(c.Health)
+	if want == have {
+		return nil
+	}
+	ch, err := r.store.ObserveHealth(ctx, r.cfg.HostID, rec.GameID, c.ID, want, outbox.HealthReconciled, r.now())
+	if err != nil {
+		return fmt.Errorf("reconcile health of game %s: %w", rec.GameID, err)
+	}
+	if ch.Changed {
+		rep.Health++
+		r.log.Info("health repaired", "game_id", rec.GameID, "container_id", c.ID, "from", ch.From, "to", ch.To)
+	}
+	return nil
 }

@@ -112,6 +112,7 @@ type Report struct {
 	Stopped  int // reconcile_exit repairs committed
 	Started  int // reconcile_start repairs committed
 	Disposed int // reconcile_dispose repairs committed
+	Health   int // runtime.health changes committed (reconcile_health)
 
 	Orphans         int // containers no live record is bound to
 	OrphansReported int // container.orphaned events written by this pass
@@ -255,6 +256,10 @@ func (r *Reconciler) pass(ctx context.Context, rep *Report, grace time.Duration)
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	rep.Records, rep.Containers = len(records), len(containers)
+	health, err := r.store.RunningHealth(ctx, r.cfg.HostID)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
 
 	byID := make(map[string]engine.Container, len(containers))
 	for _, c := range containers {
@@ -272,6 +277,9 @@ func (r *Reconciler) pass(ctx context.Context, rep *Report, grace time.Duration)
 		bound[rec.CurrentContainerID] = true
 		c, found := byID[rec.CurrentContainerID]
 		if !needsRepair(rec, c, found) {
+			if err := r.health(ctx, rec, c, found, health[rec.GameID], rep); err != nil {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		kind, err := r.repair(ctx, rec, grace)

@@ -410,6 +410,9 @@ func (w *Watcher) apply(ctx context.Context, ev engine.Event, read time.Time) (e
 	if w.applyHook != nil {
 		w.applyHook(ev)
 	}
+	if status, ok := ev.HealthStatus(); ok {
+		return w.applyHealth(ctx, ev, status)
+	}
 	switch ev.Action {
 	case "oom":
 		w.noteOOM(ev.ID)
@@ -530,4 +533,27 @@ func (w *Watcher) noteOOM(containerID string) {
 		clear(w.oom)
 	}
 	w.oom[containerID] = true
+}
+
+// applyHealth records a health_status event: one runtime.health event when
+// the running record of that container changes health, nothing otherwise
+// (another container, a replay, a probe that changed nothing).
+func (w *Watcher) applyHealth(ctx context.Context, ev engine.Event, status string) error {
+	gameID := ev.GameID()
+	if ev.Attributes[engine.LabelManaged] != "true" || ev.Attributes[engine.LabelHost] != w.cfg.HostID || gameID == "" || ev.TimeNano <= 0 {
+		w.done(ctx, ev, Foreign, 0)
+		return nil
+	}
+	at := time.Unix(0, ev.TimeNano).UTC().Truncate(time.Microsecond)
+	ch, err := w.store.ObserveHealth(ctx, w.cfg.HostID, gameID, ev.ID, runtime.HealthFromDocker(status), outbox.HealthObserved, at)
+	if err != nil {
+		return fmt.Errorf("apply health_status event of container %s (game %s): %w", ev.ID, gameID, err)
+	}
+	v := NoChange
+	if ch.Changed {
+		v = Apply
+		w.log.Debug("health changed", "game_id", gameID, "container_id", ev.ID, "from", ch.From, "to", ch.To, "event_id", ch.EventID)
+	}
+	w.done(ctx, ev, v, 0)
+	return nil
 }

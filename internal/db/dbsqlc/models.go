@@ -88,6 +88,7 @@ type RuntimeRecord struct {
 	LastOpAt           time.Time
 	CreatedAt          time.Time
 	CurrentImageDigest *string
+	Health             string
 }
 
 type SchemaMigration struct {
