@@ -19,6 +19,10 @@ import (
 // createWithHealth creates, with the raw client, a container with our
 // labels and the engine's health check probing every 100 ms.
 func (e *env) createWithHealth(gameID, mode string) game {
+	return e.createProbing(gameID, mode, 100*time.Millisecond)
+}
+
+func (e *env) createProbing(gameID, mode string, every time.Duration) game {
 	e.t.Helper()
 	dir := e.t.TempDir()
 	res, err := e.raw.ContainerCreate(e.ctx, client.ContainerCreateOptions{
@@ -30,7 +34,7 @@ func (e *env) createWithHealth(gameID, mode string) game {
 				engine.LabelManaged: "true", engine.LabelHost: e.hostID, engine.LabelGame: gameID, engine.LabelJob: "1",
 			},
 			Healthcheck: &container.HealthConfig{
-				Test: []string{"CMD", "/engine", "healthcheck"}, Interval: 100 * time.Millisecond,
+				Test: []string{"CMD", "/engine", "healthcheck"}, Interval: every,
 				Timeout: 5 * time.Second, Retries: 2,
 			},
 		},
