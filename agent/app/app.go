@@ -219,7 +219,8 @@ type parts struct {
 func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *engine.Docker, policy job.Policy, agentID string) (*parts, error) {
 	intents := intent.New(10*time.Minute, nil)
 	images := imageuse.New(nil)
-	exec := executor.New(docker, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log, Images: images})
+	exec := executor.New(docker, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log, Images: images,
+		Crash: crash.Limits{Lines: cfg.CrashLines, Bytes: cfg.CrashBytes}})
 	poll := cfg.PollInterval
 	if cfg.UseListen {
 		// Notifications wake the worker: polling is only a safety net.
