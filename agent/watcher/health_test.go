@@ -13,6 +13,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
+	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
@@ -159,5 +160,22 @@ func TestRelistRepairsAMissedHealth(t *testing.T) {
 	}
 	if got := e.healthEvents("missed"); len(got) != 1 || got[0].Reason != outbox.HealthReconciled || got[0].Health != runtime.HealthHealthy {
 		t.Fatalf("health events %+v", got)
+	}
+}
+
+// TestImageHealthcheckIsFollowed: an engine whose image declares a
+// HEALTHCHECK (imported with --change), created the agent's way (no check
+// in the container spec), becomes healthy on its record with one event.
+func TestImageHealthcheckIsFollowed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.image = dockertest.EngineImageHealthy(t, "rtmanager-engine-healthy:"+e.hostID)
+	e.startWatcher(watcher.Config{})
+	g := e.create("imagecheck", "ENGINE_HEALTH=after:500ms")
+	e.record(g)
+	e.startReady(g)
+	wait.For(t, time.Minute, "healthy", func() bool { return e.health("imagecheck") == runtime.HealthHealthy })
+	if got := e.healthEvents("imagecheck"); len(got) != 1 || got[0].Health != runtime.HealthHealthy {
+		t.Fatalf("health events %+v, want one change to healthy", got)
 	}
 }
