@@ -102,18 +102,20 @@ func TestHealthChangesAreEventsNotProbes(t *testing.T) {
 	wait.For(t, time.Minute, "ready healthy", func() bool { return e.health("ready") == runtime.HealthHealthy })
 	wait.For(t, time.Minute, "never unhealthy", func() bool { return e.health("never") == runtime.HealthUnhealthy })
 	wait.For(t, time.Minute, "flap changed 4 times", func() bool { return len(e.healthEvents("flap")) >= 4 })
+	wait.For(t, time.Minute, "health events readable", func() bool {
+		return len(e.healthEvents("ready")) > 0 && len(e.healthEvents("never")) > 0
+	})
 
 	// Many probes later, a relist finds the records right: no new event.
 	c, err := e.eng.InspectContainer(e.ctx, ready.c.ID)
 	if err != nil || c.Health != "healthy" {
 		t.Fatalf("inspect: %+v %v", c, err)
 	}
-	rep, err := e.rec.Pass(e.ctx, "test")
-	if err != nil {
+	// (The flapping engine may change between the relist's inspect and its
+	// event: the relist may then report that change first, so only the
+	// steady engines are counted.)
+	if _, err := e.rec.Pass(e.ctx, "test"); err != nil {
 		t.Fatal(err)
-	}
-	if rep.Health != 0 {
-		t.Errorf("relist repaired %d healths the events had set", rep.Health)
 	}
 	if got := e.healthEvents("ready"); len(got) != 1 || got[0].FromHealth != runtime.HealthNone || got[0].Health != runtime.HealthHealthy ||
 		got[0].Reason != outbox.HealthObserved || got[0].ContainerID != ready.c.ID {
@@ -158,6 +160,7 @@ func TestRelistRepairsAMissedHealth(t *testing.T) {
 			t.Fatalf("pass %d repaired %d healths, want %d", i, rep.Health, want)
 		}
 	}
+	wait.For(t, time.Minute, "health event", func() bool { return len(e.healthEvents("missed")) > 0 })
 	if got := e.healthEvents("missed"); len(got) != 1 || got[0].Reason != outbox.HealthReconciled || got[0].Health != runtime.HealthHealthy {
 		t.Fatalf("health events %+v", got)
 	}
@@ -175,6 +178,9 @@ func TestImageHealthcheckIsFollowed(t *testing.T) {
 	e.record(g)
 	e.startReady(g)
 	wait.For(t, time.Minute, "healthy", func() bool { return e.health("imagecheck") == runtime.HealthHealthy })
+	// The outbox is read gap-free: the event shows once no older
+	// transaction is in flight.
+	wait.For(t, time.Minute, "health event", func() bool { return len(e.healthEvents("imagecheck")) > 0 })
 	if got := e.healthEvents("imagecheck"); len(got) != 1 || got[0].Health != runtime.HealthHealthy {
 		t.Fatalf("health events %+v, want one change to healthy", got)
 	}
