@@ -117,6 +117,16 @@ func goEvents(t testing.TB) []outbox.Event {
 		}
 		out = append(out, ev)
 	}
+	for _, p := range []outbox.HealthPayload{
+		{GameID: "g1", HostID: "host-a", ContainerID: "c9", FromHealth: runtime.HealthStarting, Health: runtime.HealthHealthy, Reason: outbox.HealthObserved, At: at},
+		{GameID: "g1", HostID: "host-a", ContainerID: "c9", FromHealth: runtime.HealthNone, Health: runtime.HealthUnhealthy, Reason: outbox.HealthReconciled, At: at},
+	} {
+		ev, err := outbox.ForHealth(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
 	return out
 }
 

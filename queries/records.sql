@@ -31,7 +31,15 @@ ON CONFLICT (game_id) DO UPDATE SET
     started_at = EXCLUDED.started_at,
     stopped_at = EXCLUDED.stopped_at,
     removed_at = EXCLUDED.removed_at,
-    last_op_at = EXCLUDED.last_op_at;
+    last_op_at = EXCLUDED.last_op_at,
+    -- Health belongs to one run of one container: a new container, a new
+    -- start or an exit forgets it until Docker says it again.
+    health = CASE
+        WHEN EXCLUDED.status = 'running'
+             AND EXCLUDED.current_container_id IS NOT DISTINCT FROM runtime_records.current_container_id
+             AND EXCLUDED.started_at IS NOT DISTINCT FROM runtime_records.started_at
+        THEN runtime_records.health
+        ELSE 'none' END;
 
 -- name: ListRecordsByHost :many
 SELECT * FROM runtime_records

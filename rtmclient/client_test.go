@@ -290,6 +290,7 @@ func TestPublicTypesMatchTheAgents(t *testing.T) {
 		{rtmclient.RuntimePayload{}, outbox.RuntimePayload{}},
 		{rtmclient.JobPayload{}, outbox.JobPayload{}},
 		{rtmclient.OrphanPayload{}, outbox.OrphanPayload{}},
+		{rtmclient.HealthPayload{}, outbox.HealthPayload{}},
 	}
 	for _, p := range pairs {
 		a, b := reflect.TypeOf(p.public), reflect.TypeOf(p.internal)
@@ -309,7 +310,7 @@ func TestPublicTypesMatchTheAgents(t *testing.T) {
 	public := []string{
 		string(rtmclient.EventRuntimeRunning), string(rtmclient.EventRuntimeStopped), string(rtmclient.EventRuntimeRemoved),
 		string(rtmclient.EventJobSucceeded), string(rtmclient.EventJobFailed), string(rtmclient.EventJobCancelled),
-		string(rtmclient.EventContainerOrphaned),
+		string(rtmclient.EventContainerOrphaned), string(rtmclient.EventRuntimeHealth),
 	}
 	if !slices.Equal(types, public) {
 		t.Errorf("event types %v, the agent's %v", public, types)

@@ -15,7 +15,8 @@ type EventType string
 
 // The event types. runtime.* events report a record's transition and
 // carry a RuntimePayload; job.* events report a job's outcome and carry a
-// JobPayload; container.orphaned carries an OrphanPayload.
+// JobPayload; container.orphaned carries an OrphanPayload; runtime.health
+// (one per change of the running engine's health) a HealthPayload.
 const (
 	EventRuntimeRunning    EventType = "runtime.running"
 	EventRuntimeStopped    EventType = "runtime.stopped"
@@ -24,6 +25,7 @@ const (
 	EventJobFailed         EventType = "job.failed"
 	EventJobCancelled      EventType = "job.cancelled"
 	EventContainerOrphaned EventType = "container.orphaned"
+	EventRuntimeHealth     EventType = "runtime.health"
 )
 
 // Position is a place in the outbox: the (xid, id) of an event. Events
@@ -124,6 +126,25 @@ type OrphanPayload struct {
 	ContainerID   string    `json:"container_id"`
 	ContainerName string    `json:"container_name,omitempty"`
 	At            time.Time `json:"at"`
+}
+
+// HealthPayload is the payload of runtime.health events. Health values:
+// none, starting, healthy, unhealthy; reason: observed_health (Docker's
+// health_status event) or reconcile_health (a relist's inspect).
+type HealthPayload struct {
+	GameID      string    `json:"game_id"`
+	HostID      string    `json:"host_id"`
+	ContainerID string    `json:"container_id"`
+	FromHealth  string    `json:"from_health"`
+	Health      string    `json:"health"`
+	Reason      string    `json:"reason"`
+	At          time.Time `json:"at"`
+}
+
+// HealthPayload decodes the payload of a runtime.health event.
+func (e Event) HealthPayload() (HealthPayload, error) {
+	var p HealthPayload
+	return p, e.decode(e.Type == EventRuntimeHealth, string(EventRuntimeHealth), &p)
 }
 
 // IsRuntime reports a runtime.* event.

@@ -21,11 +21,15 @@ const (
 // Record is a game's runtime record: where and how its engine runs. It is
 // also the "record" of runtime event payloads, with the same JSON.
 type Record struct {
-	GameID             string       `json:"game_id"`
-	HostID             string       `json:"host_id"`
-	Status             RecordStatus `json:"status"`
-	CurrentContainerID string       `json:"current_container_id,omitempty"`
-	CurrentImageRef    string       `json:"current_image_ref,omitempty"`
+	GameID string       `json:"game_id"`
+	HostID string       `json:"host_id"`
+	Status RecordStatus `json:"status"`
+	// Health is what Docker's health check says of the running engine
+	// (none, starting, healthy, unhealthy); set by GetRecord, absent from
+	// event payloads and lists.
+	Health             string `json:"health,omitempty"`
+	CurrentContainerID string `json:"current_container_id,omitempty"`
+	CurrentImageRef    string `json:"current_image_ref,omitempty"`
 	// CurrentImageDigest is the registry digest of the image the
 	// container runs ("<repository>@<digest>" pulls exactly it), when
 	// known.
@@ -58,7 +62,13 @@ func (c *Client) GetRecord(ctx context.Context, gameID string) (Record, error) {
 	if err != nil {
 		return Record{}, translate(err)
 	}
-	return recordOf(r), nil
+	rec := recordOf(r)
+	h, err := c.store.Health(ctx, gameID)
+	if err != nil {
+		return Record{}, translate(err)
+	}
+	rec.Health = string(h)
+	return rec, nil
 }
 
 // RecordFilter selects records; empty fields match all.

@@ -36,6 +36,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/watcher"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 )
 
@@ -218,7 +219,8 @@ type parts struct {
 func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *engine.Docker, policy job.Policy, agentID string) (*parts, error) {
 	intents := intent.New(10*time.Minute, nil)
 	images := imageuse.New(nil)
-	exec := executor.New(docker, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log, Images: images})
+	exec := executor.New(docker, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log, Images: images,
+		Crash: crash.Limits{Lines: cfg.CrashLines, Bytes: cfg.CrashBytes}})
 	poll := cfg.PollInterval
 	if cfg.UseListen {
 		// Notifications wake the worker: polling is only a safety net.
@@ -236,9 +238,11 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 	})
 	p.rec = reconcile.New(store, docker, reconcile.Config{
 		HostID: cfg.HostID, Interval: cfg.ReconcileInterval, OrphanGrace: cfg.OrphanGrace, Intents: intents, Logger: log,
+		Crash: crash.Limits{Lines: cfg.CrashLines, Bytes: cfg.CrashBytes},
 	})
 	p.watch = watcher.New(store, docker, p.rec, intents, watcher.Config{
 		HostID: cfg.HostID, IdleTimeout: cfg.EventsIdleTimeout, Logger: log,
+		Crash: crash.Limits{Lines: cfg.CrashLines, Bytes: cfg.CrashBytes},
 	})
 	var gc *sweeper.ImageGCConfig
 	if cfg.ImageGC {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"strconv"
 	"time"
 
@@ -91,13 +92,25 @@ func recordsShow(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
+	crashes, err := client.CrashReports(ctx, game, 1)
+	if err != nil {
+		return c.fail(err)
+	}
+	var last *rtmclient.CrashReport
+	if len(crashes) > 0 {
+		last = &crashes[0]
+	}
 	if c.json() {
-		return c.done(writeJSON(e.stdout, r))
+		return c.done(writeJSON(e.stdout, struct {
+			rtmclient.Record
+			LastCrash *rtmclient.CrashReport `json:"last_crash,omitempty"`
+		}{r, last}))
 	}
 	fields(e.stdout,
 		"game", r.GameID,
 		"host", r.HostID,
 		"status", string(r.Status),
+		"health", r.Health,
 		"container", r.CurrentContainerID,
 		"image", r.CurrentImageRef,
 		"endpoint", r.EngineEndpoint,
@@ -109,7 +122,30 @@ func recordsShow(ctx context.Context, e *env, args []string) int {
 		"last op", stamp(r.LastOpAt),
 		"created", stamp(r.CreatedAt),
 	)
+	if last != nil {
+		writeCrash(e.stdout, *last)
+	}
 	return ExitOK
+}
+
+// writeCrash prints a crash report. Its lines are stored sanitised (no
+// control character left), so they are printed as they are, each after
+// its stream's name.
+func writeCrash(w io.Writer, cr rtmclient.CrashReport) {
+	code := "unknown"
+	if cr.ExitCode != nil {
+		code = strconv.Itoa(*cr.ExitCode)
+	}
+	fmt.Fprintf(w, "\nlast crash: exit code %s, oom %t, at %s, container %s\n", code, cr.OOM, stamp(cr.ExitedAt), clip(cr.ContainerID, 12))
+	if cr.CaptureError != "" {
+		fmt.Fprintf(w, "  (output not captured: %s)\n", cr.CaptureError)
+	}
+	if cr.Truncated {
+		fmt.Fprintln(w, "  … (earlier output left out)")
+	}
+	for _, l := range cr.Lines {
+		fmt.Fprintf(w, "  %s | %s\n", l.Stream, l.Text)
+	}
 }
 
 func cmdHosts(ctx context.Context, e *env, args []string) int {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
@@ -112,7 +113,13 @@ func TestOperatorCommandsGolden(t *testing.T) {
 	if _, err := store.UpdateRecord(ctx, "g2", func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
 		next, err := cur.Stop(cur.CurrentContainerID, at)
 		code := 137
-		return next, outbox.TransitionDetails{Reason: outbox.ReasonObservedDie, ExitCode: &code, OOM: true}, err
+		// Its crash report, with lines as the agent stores them: sanitised.
+		report := &crash.Report{HostID: "host-a", GameID: "g2", ContainerID: cur.CurrentContainerID, ExitCode: &code, OOM: true, ExitedAt: at,
+			Output: crash.Output{Truncated: true, Lines: []crash.Line{
+				{Stream: crash.Stdout, Text: "tick 41 ok"},
+				{Stream: crash.Stderr, Text: crash.Sanitize("\x1b[31mfatal:\x1b[0m out of memory \xff")},
+			}}}
+		return next, outbox.TransitionDetails{Reason: outbox.ReasonObservedDie, ExitCode: &code, OOM: true, Crash: report}, err
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +159,7 @@ func TestOperatorCommandsGolden(t *testing.T) {
 	golden(t, "records_list.txt", ops(t, url, ExitOK, "records", "list").stdout)
 	golden(t, "records_list_stopped.json", ops(t, url, ExitOK, "records", "list", "--status", "stopped", "-o", "json").stdout)
 	golden(t, "records_show.txt", ops(t, url, ExitOK, "records", "show", "g2").stdout)
+	golden(t, "records_show_crash.json", ops(t, url, ExitOK, "records", "show", "g2", "-o", "json").stdout)
 	golden(t, "records_show.json", ops(t, url, ExitOK, "records", "show", "g1", "-o", "json").stdout)
 	golden(t, "records_show_unknown.txt", ops(t, url, ExitNotFound, "records", "show", "g9").stderr)
 

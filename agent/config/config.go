@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 )
 
@@ -57,6 +58,8 @@ type Config struct {
 	EventsIdleTimeout time.Duration
 	ReconcileInterval time.Duration
 	OrphanGrace       time.Duration
+	// CrashLines and CrashBytes bound the output kept in a crash report.
+	CrashLines, CrashBytes int
 
 	// Sweeper.
 	SweepSchedule   string
@@ -208,6 +211,10 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 		"period of the relist that repairs records events missed (env RTM_RECONCILE_INTERVAL)")
 	fs.DurationVar(&c.OrphanGrace, "orphan-grace", envDuration(errs, "RTM_ORPHAN_GRACE", 10*time.Minute),
 		"age after which a labelled container without a live record is removed; negative never removes (env RTM_ORPHAN_GRACE)")
+	fs.IntVar(&c.CrashLines, "crash-lines", envInt(errs, "RTM_CRASH_LINES", crash.DefaultLines),
+		"last lines of output kept in the crash report of an engine's unrequested exit (env RTM_CRASH_LINES)")
+	fs.IntVar(&c.CrashBytes, "crash-bytes", envInt(errs, "RTM_CRASH_BYTES", crash.DefaultBytes),
+		"bound on the bytes of those lines (env RTM_CRASH_BYTES)")
 
 	fs.StringVar(&c.SweepSchedule, "sweep-schedule", envString("RTM_SWEEP_SCHEDULE", "@every 10m"),
 		"cron schedule of the cleanup sweep: five fields or @every <duration> (env RTM_SWEEP_SCHEDULE)")
@@ -363,6 +370,9 @@ func (c *Config) check(what []Setting) error {
 		}
 		if c.PullAttempts < 1 {
 			errs = append(errs, fmt.Errorf("--pull-attempts (RTM_PULL_ATTEMPTS) must be at least 1, got %d", c.PullAttempts))
+		}
+		if err := (crash.Limits{Lines: c.CrashLines, Bytes: c.CrashBytes}).Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("--crash-lines/--crash-bytes (RTM_CRASH_LINES/RTM_CRASH_BYTES): %w", err))
 		}
 		if c.Concurrency < 1 {
 			errs = append(errs, fmt.Errorf("--concurrency (RTM_CONCURRENCY) must be at least 1, got %d", c.Concurrency))

@@ -30,6 +30,10 @@ type Container struct {
 	Running   bool
 	ExitCode  int
 	OOMKilled bool // as reported by the daemon; unreliable on cgroup v2
+	// Health is Docker's health status ("" without a health check) and
+	// HealthOutput the output of its last probe.
+	Health       string
+	HealthOutput string
 
 	StartedAt  time.Time // zero if never started
 	FinishedAt time.Time // zero if never exited
@@ -426,6 +430,12 @@ func fromInspect(r container.InspectResponse) Container {
 		c.OOMKilled = s.OOMKilled
 		c.StartedAt = parseTime(s.StartedAt)
 		c.FinishedAt = parseTime(s.FinishedAt)
+		if h := s.Health; h != nil {
+			c.Health = string(h.Status)
+			if n := len(h.Log); n > 0 && h.Log[n-1] != nil {
+				c.HealthOutput = h.Log[n-1].Output
+			}
+		}
 	}
 	c.GameID = c.Labels[LabelGame]
 	c.HostID = c.Labels[LabelHost]

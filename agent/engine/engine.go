@@ -29,6 +29,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 )
 
 // Label keys put on every container (and network) the agent creates.
@@ -105,6 +107,9 @@ type Engine interface {
 	InspectContainer(ctx context.Context, idOrName string) (Container, error)
 	// ListManaged returns all our containers on this host, in any state.
 	ListManaged(ctx context.Context) ([]Container, error)
+	// TailLogs returns the last lines of one of our containers' output,
+	// bounded and sanitised. See [Docker.TailLogs].
+	TailLogs(ctx context.Context, id string, lim crash.Limits) (crash.Output, error)
 	// Events streams our containers' events to handle until ctx ends or
 	// the stream breaks. See [Docker.Events].
 	Events(ctx context.Context, opts EventsOptions, handle func(Event)) error

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/moby/moby/client"
@@ -46,9 +47,22 @@ type EventsOptions struct {
 }
 
 // DefaultEventActions returns the container actions the agent maps onto
-// record transitions.
+// record transitions, and health_status: the daemon matches that one as a
+// prefix ("health_status: healthy"), so health changes come through the
+// server-side filter while the probes' exec_* events (three per probe) do
+// not.
 func DefaultEventActions() []string {
-	return []string{"start", "die", "oom", "destroy"}
+	return []string{"start", "die", "oom", "destroy", "health_status"}
+}
+
+// HealthStatus returns the health an event of action
+// "health_status: <status>" reports, and whether it is one.
+func (e Event) HealthStatus() (string, bool) {
+	s, ok := strings.CutPrefix(e.Action, "health_status:")
+	if !ok {
+		return "", false
+	}
+	return strings.TrimSpace(s), true
 }
 
 // Events implements Engine. It subscribes to the daemon's events, filtered

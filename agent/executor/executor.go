@@ -35,8 +35,10 @@ import (
 
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/agent/imageuse"
+	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
@@ -74,6 +76,10 @@ type Config struct {
 	// creates its container, so the collector never removes it under the
 	// job.
 	Images *imageuse.Guard
+	// Crash bounds the output kept in the crash report of an engine found
+	// exited when a job commits (observed_die); zero fields take the
+	// defaults.
+	Crash crash.Limits
 }
 
 // Executor implements worker.Executor on an engine.
@@ -275,6 +281,9 @@ func (e *Executor) exitedSince(id string) db.ObservedDecision {
 		code := c.ExitCode
 		d.ExitCode, d.OOM = &code, c.OOMKilled
 		next, err := cur.Stop(id, at)
+		if err == nil && reconcile.IsCrash(next, d) {
+			d.Crash = reconcile.CaptureCrash(ctx, e.eng, e.cfg.Crash, next, d, e.log)
+		}
 		return next, d, err
 	}
 }

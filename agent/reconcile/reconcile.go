@@ -64,6 +64,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
@@ -95,6 +96,9 @@ type Config struct {
 	// operations: a record whose container the sweeper is removing is
 	// left to the sweeper, which commits the removal with reason cleanup.
 	Intents *intent.Registry
+	// Crash bounds the output kept in the crash report of an exit this
+	// reconciler finds (reconcile_exit); zero fields take the defaults.
+	Crash crash.Limits
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -108,6 +112,7 @@ type Report struct {
 	Stopped  int // reconcile_exit repairs committed
 	Started  int // reconcile_start repairs committed
 	Disposed int // reconcile_dispose repairs committed
+	Health   int // runtime.health changes committed (reconcile_health)
 
 	Orphans         int // containers no live record is bound to
 	OrphansReported int // container.orphaned events written by this pass
@@ -251,6 +256,10 @@ func (r *Reconciler) pass(ctx context.Context, rep *Report, grace time.Duration)
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	rep.Records, rep.Containers = len(records), len(containers)
+	health, err := r.store.RunningHealth(ctx, r.cfg.HostID)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
 
 	byID := make(map[string]engine.Container, len(containers))
 	for _, c := range containers {
@@ -268,6 +277,9 @@ func (r *Reconciler) pass(ctx context.Context, rep *Report, grace time.Duration)
 		bound[rec.CurrentContainerID] = true
 		c, found := byID[rec.CurrentContainerID]
 		if !needsRepair(rec, c, found) {
+			if err := r.health(ctx, rec, c, found, health[rec.GameID], rep); err != nil {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		kind, err := r.repair(ctx, rec, grace)
@@ -419,6 +431,9 @@ func (r *Reconciler) repair(ctx context.Context, listed runtime.RuntimeRecord, g
 			return *cur, outbox.TransitionDetails{}, nil
 		}
 		reason = d.Reason
+		if err == nil && IsCrash(next, d) {
+			d.Crash = CaptureCrash(ctx, r.eng, r.cfg.Crash, next, d, r.log)
+		}
 		return next, d, err
 	})
 	if err != nil {

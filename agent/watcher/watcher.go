@@ -52,6 +52,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 	"github.com/galaxy/rtmanager/internal/retry"
@@ -86,6 +87,9 @@ type Config struct {
 	// With no stored cursor yet, the subscription starts this long before
 	// the agent's clock (the relist that follows covers the rest).
 	CursorMargin time.Duration
+	// Crash bounds the output kept in the crash report of an observed die
+	// no job asked for; zero fields take the defaults.
+	Crash crash.Limits
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -406,6 +410,9 @@ func (w *Watcher) apply(ctx context.Context, ev engine.Event, read time.Time) (e
 	if w.applyHook != nil {
 		w.applyHook(ev)
 	}
+	if status, ok := ev.HealthStatus(); ok {
+		return w.applyHealth(ctx, ev, status)
+	}
 	switch ev.Action {
 	case "oom":
 		w.noteOOM(ev.ID)
@@ -443,6 +450,9 @@ func (w *Watcher) apply(ctx context.Context, ev engine.Event, read time.Time) (e
 			next, d, v = Map(cur, in)
 		}
 		verdict = v
+		if v == Apply && reconcile.IsCrash(next, d) {
+			d.Crash = reconcile.CaptureCrash(ctx, w.eng, w.cfg.Crash, next, d, w.log)
+		}
 		if v != Apply {
 			if cur == nil {
 				return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, errNoRecord
@@ -523,4 +533,27 @@ func (w *Watcher) noteOOM(containerID string) {
 		clear(w.oom)
 	}
 	w.oom[containerID] = true
+}
+
+// applyHealth records a health_status event: one runtime.health event when
+// the running record of that container changes health, nothing otherwise
+// (another container, a replay, a probe that changed nothing).
+func (w *Watcher) applyHealth(ctx context.Context, ev engine.Event, status string) error {
+	gameID := ev.GameID()
+	if ev.Attributes[engine.LabelManaged] != "true" || ev.Attributes[engine.LabelHost] != w.cfg.HostID || gameID == "" || ev.TimeNano <= 0 {
+		w.done(ctx, ev, Foreign, 0)
+		return nil
+	}
+	at := time.Unix(0, ev.TimeNano).UTC().Truncate(time.Microsecond)
+	ch, err := w.store.ObserveHealth(ctx, w.cfg.HostID, gameID, ev.ID, runtime.HealthFromDocker(status), outbox.HealthObserved, at)
+	if err != nil {
+		return fmt.Errorf("apply health_status event of container %s (game %s): %w", ev.ID, gameID, err)
+	}
+	v := NoChange
+	if ch.Changed {
+		v = Apply
+		w.log.Debug("health changed", "game_id", gameID, "container_id", ev.ID, "from", ch.From, "to", ch.To, "event_id", ch.EventID)
+	}
+	w.done(ctx, ev, v, 0)
+	return nil
 }

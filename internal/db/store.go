@@ -144,6 +144,11 @@ func (s *Store) applyDecision(ctx context.Context, q *dbsqlc.Queries, gameID str
 	if err != nil {
 		return RecordChange{}, err
 	}
+	if details.Crash != nil && next.Status == runtime.StatusStopped {
+		if err := insertCrashReport(ctx, q, *details.Crash, id); err != nil {
+			return RecordChange{}, err
+		}
+	}
 	return RecordChange{Record: next, Changed: true, EventID: id}, nil
 }
 

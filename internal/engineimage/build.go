@@ -108,6 +108,18 @@ func Build(ctx context.Context, imp Importer, ref string) (string, error) {
 	return ref, nil
 }
 
+// HealthcheckChange is the HEALTHCHECK of the image BuildVariantHealthy
+// imports: the engine's own check, every 200 ms, unhealthy after two
+// failures.
+const HealthcheckChange = `HEALTHCHECK --interval=200ms --timeout=5s --retries=2 CMD ["/engine", "healthcheck"]`
+
+// BuildVariantHealthy is BuildVariant whose image also declares
+// HealthcheckChange (through the import's --change, as `docker import
+// --change` does).
+func BuildVariantHealthy(ctx context.Context, imp Importer, ref, label string) error {
+	return buildVariant(ctx, imp, ref, label, 0, HealthcheckChange)
+}
+
 // BuildVariant imports the engine as ref with one more label ("k=v"): an
 // image that runs the same program but is another image, with an id and
 // a registry digest of its own, for tests of image changes and pulls.
@@ -115,6 +127,10 @@ func Build(ctx context.Context, imp Importer, ref string) (string, error) {
 // so that it shares no layer with any other image (a pull of it is
 // cold). It imports every time.
 func BuildVariant(ctx context.Context, imp Importer, ref, label string, padding int) error {
+	return buildVariant(ctx, imp, ref, label, padding)
+}
+
+func buildVariant(ctx context.Context, imp Importer, ref, label string, padding int, extra ...string) error {
 	bin, err := Compile(ctx)
 	if err != nil {
 		return err
@@ -128,7 +144,7 @@ func BuildVariant(ctx context.Context, imp Importer, ref, label string, padding 
 	if err != nil {
 		return fmt.Errorf("build engine image %s: %w", ref, err)
 	}
-	changes := []string{`CMD ["/engine"]`, fmt.Sprintf("EXPOSE %d/tcp", Port), "LABEL " + label}
+	changes := append([]string{`CMD ["/engine"]`, fmt.Sprintf("EXPOSE %d/tcp", Port), "LABEL " + label}, extra...)
 	if err := imp.ImportImage(ctx, ref, bytes.NewReader(rootfs), changes); err != nil {
 		return fmt.Errorf("build engine image %s: %w", ref, err)
 	}

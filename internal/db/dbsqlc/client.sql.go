@@ -77,7 +77,7 @@ func (q *Queries) ListJobs(ctx context.Context, arg ListJobsParams) ([]Job, erro
 }
 
 const listRecords = `-- name: ListRecords :many
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest, health FROM runtime_records
 WHERE ($1::text IS NULL OR host_id = $1::text)
   AND ($2::text IS NULL OR status = $2::text)
   AND game_id > $3::text
@@ -123,6 +123,7 @@ func (q *Queries) ListRecords(ctx context.Context, arg ListRecordsParams) ([]Run
 			&i.LastOpAt,
 			&i.CreatedAt,
 			&i.CurrentImageDigest,
+			&i.Health,
 		); err != nil {
 			return nil, err
 		}

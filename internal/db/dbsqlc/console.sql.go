@@ -257,7 +257,7 @@ func (q *Queries) ConsoleLastExit(ctx context.Context, gameID string) (Outbox, e
 }
 
 const consoleListGames = `-- name: ConsoleListGames :many
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest, health FROM runtime_records
 WHERE ($1::text IS NULL OR host_id = $1::text)
   AND ($2::text IS NULL OR status = $2::text)
   AND (game_id COLLATE "C") > ($3::text COLLATE "C")
@@ -309,6 +309,7 @@ func (q *Queries) ConsoleListGames(ctx context.Context, arg ConsoleListGamesPara
 			&i.LastOpAt,
 			&i.CreatedAt,
 			&i.CurrentImageDigest,
+			&i.Health,
 		); err != nil {
 			return nil, err
 		}

@@ -8,6 +8,21 @@ import (
 	"time"
 )
 
+type CrashReport struct {
+	ID           int64
+	GameID       string
+	HostID       string
+	ContainerID  string
+	ExitCode     *int32
+	Oom          bool
+	ExitedAt     time.Time
+	CapturedAt   time.Time
+	Lines        []byte
+	Truncated    bool
+	CaptureError *string
+	OutboxID     *int64
+}
+
 type Host struct {
 	HostID           string
 	AgentID          string
@@ -73,6 +88,7 @@ type RuntimeRecord struct {
 	LastOpAt           time.Time
 	CreatedAt          time.Time
 	CurrentImageDigest *string
+	Health             string
 }
 
 type SchemaMigration struct {

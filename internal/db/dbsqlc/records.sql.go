@@ -11,7 +11,7 @@ import (
 )
 
 const getRecord = `-- name: GetRecord :one
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records WHERE game_id = $1
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest, health FROM runtime_records WHERE game_id = $1
 `
 
 func (q *Queries) GetRecord(ctx context.Context, gameID string) (RuntimeRecord, error) {
@@ -32,12 +32,13 @@ func (q *Queries) GetRecord(ctx context.Context, gameID string) (RuntimeRecord, 
 		&i.LastOpAt,
 		&i.CreatedAt,
 		&i.CurrentImageDigest,
+		&i.Health,
 	)
 	return i, err
 }
 
 const getRecordForUpdate = `-- name: GetRecordForUpdate :one
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records WHERE game_id = $1 FOR UPDATE
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest, health FROM runtime_records WHERE game_id = $1 FOR UPDATE
 `
 
 func (q *Queries) GetRecordForUpdate(ctx context.Context, gameID string) (RuntimeRecord, error) {
@@ -58,12 +59,13 @@ func (q *Queries) GetRecordForUpdate(ctx context.Context, gameID string) (Runtim
 		&i.LastOpAt,
 		&i.CreatedAt,
 		&i.CurrentImageDigest,
+		&i.Health,
 	)
 	return i, err
 }
 
 const listLiveRecordsByHost = `-- name: ListLiveRecordsByHost :many
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest, health FROM runtime_records
 WHERE host_id = $1
   AND status IN ('running', 'stopped')
 ORDER BY game_id
@@ -95,6 +97,7 @@ func (q *Queries) ListLiveRecordsByHost(ctx context.Context, hostID string) ([]R
 			&i.LastOpAt,
 			&i.CreatedAt,
 			&i.CurrentImageDigest,
+			&i.Health,
 		); err != nil {
 			return nil, err
 		}
@@ -107,7 +110,7 @@ func (q *Queries) ListLiveRecordsByHost(ctx context.Context, hostID string) ([]R
 }
 
 const listRecordsByHost = `-- name: ListRecordsByHost :many
-SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest FROM runtime_records
+SELECT game_id, host_id, status, current_container_id, current_image_ref, engine_endpoint, state_path, docker_network, started_at, stopped_at, removed_at, last_op_at, created_at, current_image_digest, health FROM runtime_records
 WHERE host_id = $1
   AND ($2::text IS NULL OR status = $2::text)
 ORDER BY game_id
@@ -142,6 +145,7 @@ func (q *Queries) ListRecordsByHost(ctx context.Context, arg ListRecordsByHostPa
 			&i.LastOpAt,
 			&i.CreatedAt,
 			&i.CurrentImageDigest,
+			&i.Health,
 		); err != nil {
 			return nil, err
 		}
@@ -186,7 +190,15 @@ ON CONFLICT (game_id) DO UPDATE SET
     started_at = EXCLUDED.started_at,
     stopped_at = EXCLUDED.stopped_at,
     removed_at = EXCLUDED.removed_at,
-    last_op_at = EXCLUDED.last_op_at
+    last_op_at = EXCLUDED.last_op_at,
+    -- Health belongs to one run of one container: a new container, a new
+    -- start or an exit forgets it until Docker says it again.
+    health = CASE
+        WHEN EXCLUDED.status = 'running'
+             AND EXCLUDED.current_container_id IS NOT DISTINCT FROM runtime_records.current_container_id
+             AND EXCLUDED.started_at IS NOT DISTINCT FROM runtime_records.started_at
+        THEN runtime_records.health
+        ELSE 'none' END
 `
 
 type UpsertRecordParams struct {

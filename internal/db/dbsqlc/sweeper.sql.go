@@ -123,7 +123,7 @@ func (q *Queries) GameHasActiveJob(ctx context.Context, gameID string) (bool, er
 }
 
 const listExpiredStoppedRecords = `-- name: ListExpiredStoppedRecords :many
-SELECT r.game_id, r.host_id, r.status, r.current_container_id, r.current_image_ref, r.engine_endpoint, r.state_path, r.docker_network, r.started_at, r.stopped_at, r.removed_at, r.last_op_at, r.created_at, r.current_image_digest FROM runtime_records r
+SELECT r.game_id, r.host_id, r.status, r.current_container_id, r.current_image_ref, r.engine_endpoint, r.state_path, r.docker_network, r.started_at, r.stopped_at, r.removed_at, r.last_op_at, r.created_at, r.current_image_digest, r.health FROM runtime_records r
 WHERE r.host_id = $1
   AND r.status = 'stopped'
   AND r.last_op_at < $2::timestamptz
@@ -178,6 +178,7 @@ func (q *Queries) ListExpiredStoppedRecords(ctx context.Context, arg ListExpired
 			&i.LastOpAt,
 			&i.CreatedAt,
 			&i.CurrentImageDigest,
+			&i.Health,
 		); err != nil {
 			return nil, err
 		}

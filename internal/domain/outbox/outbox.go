@@ -88,6 +88,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 )
@@ -119,13 +120,16 @@ const (
 	// labels that no live record owns; it reports it and leaves it alone.
 	// Payload: OrphanPayload.
 	TypeContainerOrphaned Type = "container.orphaned"
+	// TypeRuntimeHealth: the health of a game's running engine changed,
+	// as Docker's health check says. Payload: HealthPayload.
+	TypeRuntimeHealth Type = "runtime.health"
 )
 
 // IsKnown reports whether t is one of the event types.
 func (t Type) IsKnown() bool {
 	switch t {
 	case TypeRuntimeRunning, TypeRuntimeStopped, TypeRuntimeRemoved,
-		TypeJobSucceeded, TypeJobFailed, TypeJobCancelled, TypeContainerOrphaned:
+		TypeJobSucceeded, TypeJobFailed, TypeJobCancelled, TypeContainerOrphaned, TypeRuntimeHealth:
 		return true
 	default:
 		return false
@@ -137,6 +141,7 @@ func AllTypes() []Type {
 	return []Type{
 		TypeRuntimeRunning, TypeRuntimeStopped, TypeRuntimeRemoved,
 		TypeJobSucceeded, TypeJobFailed, TypeJobCancelled, TypeContainerOrphaned,
+		TypeRuntimeHealth,
 	}
 }
 
@@ -210,9 +215,13 @@ type Event struct {
 
 // RecordSnapshot is a runtime record as it appears in event payloads.
 type RecordSnapshot struct {
-	GameID             string         `json:"game_id"`
-	HostID             string         `json:"host_id"`
-	Status             runtime.Status `json:"status"`
+	GameID string         `json:"game_id"`
+	HostID string         `json:"host_id"`
+	Status runtime.Status `json:"status"`
+	// Health is the records table's health column, which the Go client's
+	// Record shares this shape with; event payloads leave it out
+	// (runtime.health reports its changes).
+	Health             runtime.Health `json:"health,omitempty"`
 	CurrentContainerID string         `json:"current_container_id,omitempty"`
 	CurrentImageRef    string         `json:"current_image_ref,omitempty"`
 	CurrentImageDigest string         `json:"current_image_digest,omitempty"`
@@ -313,6 +322,9 @@ type TransitionDetails struct {
 	// JobID is the job that asked for the transition, 0 for none; set with
 	// a job_* reason only.
 	JobID int64
+	// Crash is the crash report of an exit no job asked for, written with
+	// the transition (not part of the event's payload); nil for none.
+	Crash *crash.Report
 }
 
 // ForTransition returns the event reporting the transition from before

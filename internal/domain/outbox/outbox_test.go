@@ -260,7 +260,7 @@ func TestVocabularies(t *testing.T) {
 			t.Errorf("%q.IsKnown() = false", ty)
 		}
 	}
-	if len(AllTypes()) != 7 || Type("runtime.paused").IsKnown() {
+	if len(AllTypes()) != 8 || Type("runtime.paused").IsKnown() {
 		t.Error("type vocabulary differs")
 	}
 	for _, r := range AllReasons() {
@@ -299,5 +299,26 @@ func TestImageDigest(t *testing.T) {
 	job2, err := ForJobOutcome(8, "g1", "host-a", "stop", job.StatusSucceeded, 1, "")
 	if err != nil || strings.Contains(string(job2.Payload), "image_digest") {
 		t.Fatalf("a job without a digest: %s, %v", job2.Payload, err)
+	}
+}
+
+func TestForHealth(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	ok := HealthPayload{GameID: "g1", HostID: "h", ContainerID: "c", FromHealth: runtime.HealthStarting, Health: runtime.HealthHealthy, Reason: HealthObserved, At: t0}
+	ev, err := ForHealth(ok)
+	if err != nil || ev.Type != TypeRuntimeHealth || ev.GameID != "g1" {
+		t.Fatalf("%+v %v", ev, err)
+	}
+	for _, bad := range []func(*HealthPayload){
+		func(p *HealthPayload) { p.Health = p.FromHealth },   // a probe that changes nothing is no event
+		func(p *HealthPayload) { p.Health = "sick" },         // unknown value
+		func(p *HealthPayload) { p.Reason = "observed_die" }, // not a health reason
+		func(p *HealthPayload) { p.ContainerID = "" },        // no container
+	} {
+		p := ok
+		bad(&p)
+		if _, err := ForHealth(p); err == nil {
+			t.Errorf("ForHealth(%+v) accepted", p)
+		}
 	}
 }

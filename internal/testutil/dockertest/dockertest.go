@@ -275,6 +275,25 @@ func EngineImageVariant(t testing.TB, ref string) string {
 	return EngineImageVariantPadded(t, ref, 0)
 }
 
+// EngineImageHealthy is EngineImageVariant whose image declares the
+// engine's HEALTHCHECK (engineimage.HealthcheckChange).
+func EngineImageHealthy(t testing.TB, ref string) string {
+	t.Helper()
+	d := Engine(t, "dockertest-variant")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := engineimage.BuildVariantHealthy(ctx, d, ref, "com.galaxy.rtmanager-test.variant="+UniqueName(t)); err != nil {
+		t.Fatalf("build engine image with a health check %s: %v", ref, err)
+	}
+	cli := Client(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = cli.ImageRemove(ctx, ref, client.ImageRemoveOptions{Force: true})
+	})
+	return ref
+}
+
 // EngineImageVariantPadded is EngineImageVariant whose layer also holds
 // padding random bytes: it shares no layer with any other image, so a
 // pull of it downloads everything.
