@@ -206,7 +206,9 @@ type gameData struct {
 	GameID   string
 	Record   *dbsqlc.RuntimeRecord
 	LastExit *eventView
-	Items    []timelineItem
+	// LastCrash is nil when no crash report is stored for the game.
+	LastCrash *crashView
+	Items     []timelineItem
 	// Older is the query of the next page of the timeline.
 	Older string
 	// Paged: this is not the newest page.
@@ -258,6 +260,15 @@ func (s *Server) gamePage(w http.ResponseWriter, r *http.Request) {
 	case !errors.Is(err, pgx.ErrNoRows):
 		s.errorPage(w, r, http.StatusInternalServerError, "read the game's last exit: "+err.Error())
 		return
+	}
+	crashes, err := s.q.ListCrashReports(ctx, dbsqlc.ListCrashReportsParams{GameID: d.GameID, MaxRows: 1})
+	if err != nil {
+		s.errorPage(w, r, http.StatusInternalServerError, "read the game's last crash report: "+err.Error())
+		return
+	}
+	if len(crashes) > 0 {
+		v := crashViewOf(crashes[0])
+		d.LastCrash = &v
 	}
 	now, err := s.q.ConsoleNow(ctx)
 	if err != nil {

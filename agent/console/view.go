@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
+	"github.com/galaxy/rtmanager/internal/domain/crash"
 )
 
 // printable makes untrusted text safe to look at as well as to render:
@@ -265,13 +266,44 @@ func (v jobView) Took() string {
 
 func statusTone(status string) string {
 	switch status {
-	case "running", "succeeded", "up":
+	case "running", "succeeded", "up", "healthy":
 		return "ok"
-	case "queued", "stopped":
+	case "queued", "stopped", "starting":
 		return "warn"
-	case "failed", "down":
+	case "failed", "down", "unhealthy":
 		return "bad"
 	default:
 		return "muted"
 	}
+}
+
+// crashView is a game's last crash report. Its lines are the engine's
+// output: sanitised by the agent, but still untrusted, so the template
+// escapes them and printable runs over them again.
+type crashView struct {
+	At           time.Time
+	ContainerID  string
+	ExitCode     string
+	OOM          bool
+	Truncated    bool
+	CaptureError string
+	Lines        []crash.Line
+	// LinesError says why the stored lines could not be read; the rest of
+	// the report still shows.
+	LinesError string
+}
+
+func crashViewOf(r dbsqlc.CrashReport) crashView {
+	v := crashView{At: r.ExitedAt, ContainerID: r.ContainerID, ExitCode: "unknown", OOM: r.Oom, Truncated: r.Truncated}
+	if r.ExitCode != nil {
+		v.ExitCode = strconv.Itoa(int(*r.ExitCode))
+	}
+	if r.CaptureError != nil {
+		v.CaptureError = *r.CaptureError
+	}
+	if err := json.Unmarshal(r.Lines, &v.Lines); err != nil {
+		v.LinesError = "decode the lines of crash report " + strconv.FormatInt(r.ID, 10) + ": " + err.Error()
+		v.Lines = nil
+	}
+	return v
 }
