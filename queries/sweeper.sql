@@ -93,3 +93,14 @@ SELECT * FROM outbox_consumers ORDER BY name;
 
 -- name: DeleteOutboxConsumer :execrows
 DELETE FROM outbox_consumers WHERE name = sqlc.arg(name);
+
+-- name: DeleteOldCrashReports :execrows
+-- One batch of crash reports captured before the retention.
+WITH doomed AS (
+    SELECT id FROM crash_reports
+    WHERE captured_at < now() - sqlc.arg(retention_ms)::bigint * interval '1 millisecond'
+    ORDER BY captured_at
+    LIMIT sqlc.arg(max_rows)
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM crash_reports USING doomed WHERE crash_reports.id = doomed.id;

@@ -255,7 +255,8 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 	var err error
 	p.sweep, err = sweeper.New(store, docker, intents, sweeper.Config{
 		HostID: cfg.HostID, Schedule: cfg.SweepSchedule, StoppedTTL: cfg.StoppedTTL,
-		JobRetention: cfg.JobRetention, OutboxRetention: cfg.OutboxRetention, Logger: log, ImageGC: gc,
+		JobRetention: cfg.JobRetention, OutboxRetention: cfg.OutboxRetention,
+		CrashRetention: cfg.CrashRetention, Logger: log, ImageGC: gc,
 	})
 	if err != nil {
 		return nil, err

@@ -66,6 +66,7 @@ type Config struct {
 	StoppedTTL      time.Duration
 	JobRetention    time.Duration
 	OutboxRetention time.Duration
+	CrashRetention  time.Duration
 
 	// Console: the operator console (rtmanager console, and rtmanager dev).
 	Console ConsoleConfig
@@ -224,6 +225,8 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 		"how long finished jobs are kept; 0 forever (env RTM_JOB_RETENTION)")
 	fs.DurationVar(&c.OutboxRetention, "outbox-retention", envDuration(errs, "RTM_OUTBOX_RETENTION", 7*24*time.Hour),
 		"how long outbox events are kept at least, and until every registered consumer read them; 0 forever (env RTM_OUTBOX_RETENTION)")
+	fs.DurationVar(&c.CrashRetention, "crash-retention", envDuration(errs, "RTM_CRASH_RETENTION", 30*24*time.Hour),
+		"how long crash reports are kept (a game keeps at most its last ten); 0 forever (env RTM_CRASH_RETENTION)")
 
 	fs.DurationVar(&c.PullTimeout, "pull-timeout", envDuration(errs, "RTM_PULL_TIMEOUT", 10*time.Minute),
 		"bound of one image pull, its retries included (env RTM_PULL_TIMEOUT)")

@@ -67,6 +67,7 @@ const (
 	SettingBatchSize       = "RTM_SWEEP_BATCH_SIZE"
 	SettingJobRetention    = "RTM_JOB_RETENTION"
 	SettingOutboxRetention = "RTM_OUTBOX_RETENTION"
+	SettingCrashRetention  = "RTM_CRASH_RETENTION"
 )
 
 // Config configures a sweeper.
@@ -88,6 +89,9 @@ type Config struct {
 	// OutboxRetention is how long outbox rows are kept at least; 0 keeps
 	// them.
 	OutboxRetention time.Duration
+	// CrashRetention is how long crash reports are kept; 0 keeps them
+	// (a game keeps at most its last ten in any case).
+	CrashRetention time.Duration
 	// Logger receives a line per pass and per failure; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -114,9 +118,11 @@ type Report struct {
 	// Failed counts records whose removal failed; the next pass tries
 	// them again.
 	Failed int
-	// JobsDeleted and OutboxDeleted count the rows retention deleted.
-	JobsDeleted   int64
-	OutboxDeleted int64
+	// JobsDeleted, OutboxDeleted and CrashReportsDeleted count the rows
+	// retention deleted.
+	JobsDeleted         int64
+	OutboxDeleted       int64
+	CrashReportsDeleted int64
 	// Images is what image garbage collection did.
 	Images ImageGCReport
 }
@@ -170,7 +176,7 @@ func New(store *db.Store, eng engine.Engine, intents *intent.Registry, cfg Confi
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{SettingStoppedTTL, cfg.StoppedTTL}, {SettingJobRetention, cfg.JobRetention}, {SettingOutboxRetention, cfg.OutboxRetention}} {
+	}{{SettingStoppedTTL, cfg.StoppedTTL}, {SettingJobRetention, cfg.JobRetention}, {SettingOutboxRetention, cfg.OutboxRetention}, {SettingCrashRetention, cfg.CrashRetention}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative (0 disables it), got %s", d.name, d.v))
 		}
@@ -245,6 +251,7 @@ func (s *Sweeper) Pass(ctx context.Context) (rep Report, err error) {
 		metrics.removals.Add(ctx, int64(rep.Removed))
 		metrics.deleted.Add(ctx, rep.JobsDeleted, metric.WithAttributes(attribute.String("table", "jobs")))
 		metrics.deleted.Add(ctx, rep.OutboxDeleted, metric.WithAttributes(attribute.String("table", "outbox")))
+		metrics.deleted.Add(ctx, rep.CrashReportsDeleted, metric.WithAttributes(attribute.String("table", "crash_reports")))
 	}()
 	var errs []error
 	start := time.Now()
@@ -260,7 +267,7 @@ func (s *Sweeper) Pass(ctx context.Context) (rep Report, err error) {
 			errs = append(errs, err)
 		}
 	}
-	if ctx.Err() == nil && (s.cfg.JobRetention > 0 || s.cfg.OutboxRetention > 0) {
+	if ctx.Err() == nil && (s.cfg.JobRetention > 0 || s.cfg.OutboxRetention > 0 || s.cfg.CrashRetention > 0) {
 		if err := s.retention(ctx, &rep); err != nil {
 			errs = append(errs, err)
 		}
@@ -273,7 +280,7 @@ func (s *Sweeper) Pass(ctx context.Context) (rep Report, err error) {
 	s.log.Log(ctx, level, "sweep pass",
 		"skipped", rep.Skipped, "retention_skipped", rep.RetentionSkipped,
 		"selected", rep.Selected, "removed", rep.Removed, "passed", rep.Passed, "failed", rep.Failed,
-		"jobs_deleted", rep.JobsDeleted, "outbox_deleted", rep.OutboxDeleted,
+		"jobs_deleted", rep.JobsDeleted, "outbox_deleted", rep.OutboxDeleted, "crash_reports_deleted", rep.CrashReportsDeleted,
 		"images_removed", rep.Images.Removed, "images_freed", rep.Images.Freed, "images_kept", rep.Images.Kept, "disk_percent", rep.Images.DiskPercent,
 		"duration", time.Since(start), "err", err)
 	return rep, err
@@ -286,7 +293,7 @@ var metrics = func() (m struct{ removals, deleted metric.Int64Counter }) {
 	m.removals, _ = meter.Int64Counter("rtmanager.sweeper.removals",
 		metric.WithDescription("Containers of expired stopped games removed by the cleanup sweep."))
 	m.deleted, _ = meter.Int64Counter("rtmanager.sweeper.deleted",
-		metric.WithDescription("Rows deleted by retention, by table (jobs, outbox)."))
+		metric.WithDescription("Rows deleted by retention, by table (jobs, outbox, crash_reports)."))
 	return m
 }()
 
@@ -369,8 +376,8 @@ func (s *Sweeper) sweepOne(ctx context.Context, rec runtime.RuntimeRecord, cutof
 	return nil
 }
 
-// retention prunes finished jobs and read outbox rows, under the global
-// retention lock.
+// retention prunes finished jobs, read outbox rows and old crash reports,
+// under the global retention lock.
 func (s *Sweeper) retention(ctx context.Context, rep *Report) error {
 	lock, held, err := s.store.TryLockRetention(ctx)
 	if err != nil {
@@ -393,6 +400,13 @@ func (s *Sweeper) retention(ctx context.Context, rep *Report) error {
 	if s.cfg.OutboxRetention > 0 && ctx.Err() == nil {
 		n, err := s.store.DeleteReadOutbox(ctx, s.cfg.OutboxRetention, s.cfg.BatchSize)
 		rep.OutboxDeleted += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("retention: %w", err))
+		}
+	}
+	if s.cfg.CrashRetention > 0 && ctx.Err() == nil {
+		n, err := s.store.DeleteOldCrashReports(ctx, s.cfg.CrashRetention, s.cfg.BatchSize)
+		rep.CrashReportsDeleted += n
 		if err != nil {
 			errs = append(errs, fmt.Errorf("retention: %w", err))
 		}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/sweeper"
@@ -537,5 +539,38 @@ func TestRunSweepsOnSchedule(t *testing.T) {
 	}
 	if f.containerExists(g.CurrentContainerID) {
 		t.Fatal("container still exists")
+	}
+}
+
+func TestPassPrunesOldCrashReports(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	pool := f.store.Pool()
+	old, recent := f.gameID("old"), f.gameID("recent")
+	// Two old reports of one game, one recent of the other, and one of the
+	// first game captured just inside the retention.
+	if _, err := pool.Exec(ctx, `INSERT INTO crash_reports (game_id, host_id, container_id, exited_at, captured_at) VALUES
+		($1, $3, 'c1', now(), now() - interval '40 days'),
+		($1, $3, 'c2', now(), now() - interval '31 days'),
+		($1, $3, 'c3', now(), now() - interval '29 days'),
+		($2, $3, 'c4', now(), now())`, old, recent, f.hostID); err != nil {
+		t.Fatal(err)
+	}
+	cfg := sweeper.Config{CrashRetention: 30 * 24 * time.Hour, BatchSize: 1}
+	rep, err := f.sweeper(f.eng, f.store, cfg).Pass(ctx)
+	if err != nil || rep.CrashReportsDeleted != 2 || rep.JobsDeleted != 0 || rep.OutboxDeleted != 0 {
+		t.Fatalf("pass: %+v %v, want two crash reports deleted", rep, err)
+	}
+	rows, err := pool.Query(ctx, `SELECT container_id FROM crash_reports WHERE game_id IN ($1, $2) ORDER BY container_id`, old, recent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || strings.Join(left, ",") != "c3,c4" {
+		t.Fatalf("reports left: %v %v, want c3,c4", left, err)
+	}
+	if _, err := sweeper.New(f.store, f.eng, nil, sweeper.Config{HostID: "h", Schedule: "@every 1m", CrashRetention: -time.Second}); err == nil || !strings.Contains(err.Error(), sweeper.SettingCrashRetention) {
+		t.Fatalf("negative crash retention: %v, want an error naming %s", err, sweeper.SettingCrashRetention)
 	}
 }

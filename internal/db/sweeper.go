@@ -197,6 +197,15 @@ func (s *Store) DeleteReadOutbox(ctx context.Context, olderThan time.Duration, b
 	})
 }
 
+// DeleteOldCrashReports deletes, in batches of batch rows, the crash
+// reports captured more than olderThan ago (by the database's clock). A
+// game also keeps no more than its last ten, whatever their age.
+func (s *Store) DeleteOldCrashReports(ctx context.Context, olderThan time.Duration, batch int) (int64, error) {
+	return deleteInBatches(ctx, "crash reports", olderThan, batch, func(ctx context.Context) (int64, error) {
+		return s.q.DeleteOldCrashReports(ctx, dbsqlc.DeleteOldCrashReportsParams{RetentionMs: olderThan.Milliseconds(), MaxRows: int32(batch)})
+	})
+}
+
 func deleteInBatches(ctx context.Context, what string, olderThan time.Duration, batch int, del func(context.Context) (int64, error)) (int64, error) {
 	if olderThan <= 0 || batch <= 0 {
 		return 0, fmt.Errorf("delete %s: retention and batch size must be positive, got %s and %d", what, olderThan, batch)

@@ -67,6 +67,31 @@ func (q *Queries) DeleteFinishedJobs(ctx context.Context, arg DeleteFinishedJobs
 	return result.RowsAffected(), nil
 }
 
+const deleteOldCrashReports = `-- name: DeleteOldCrashReports :execrows
+WITH doomed AS (
+    SELECT id FROM crash_reports
+    WHERE captured_at < now() - $1::bigint * interval '1 millisecond'
+    ORDER BY captured_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM crash_reports USING doomed WHERE crash_reports.id = doomed.id
+`
+
+type DeleteOldCrashReportsParams struct {
+	RetentionMs int64
+	MaxRows     int32
+}
+
+// One batch of crash reports captured before the retention.
+func (q *Queries) DeleteOldCrashReports(ctx context.Context, arg DeleteOldCrashReportsParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteOldCrashReports, arg.RetentionMs, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const deleteOutboxConsumer = `-- name: DeleteOutboxConsumer :execrows
 DELETE FROM outbox_consumers WHERE name = $1
 `

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS crash_reports_captured_idx;
