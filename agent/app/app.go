@@ -228,7 +228,7 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 	}
 	p := &parts{}
 	p.work = worker.New(store, exec, intents, worker.Config{
-		HostID: cfg.HostID, Owner: agentID, Concurrency: cfg.Concurrency,
+		HostID: cfg.HostID, Owner: agentID, Concurrency: cfg.Concurrency, Prefetch: cfg.Prefetch,
 		LeaseDuration: cfg.LeaseDuration, PollInterval: poll, UseListen: cfg.UseListen,
 		Policy: policy, Network: cfg.DockerNetwork, Logger: log, DrainTimeout: cfg.DrainTimeout,
 		// Expired job leases of this host are requeued when the agent

@@ -46,6 +46,7 @@ type Config struct {
 
 	// Job worker.
 	Concurrency   int
+	Prefetch      int
 	LeaseDuration time.Duration
 	PollInterval  time.Duration
 	UseListen     bool
@@ -107,6 +108,10 @@ type ConsoleConfig struct {
 // MinConsoleTokenLength keeps guessable tokens out: the token is the only
 // secret between the network and the cancel button.
 const MinConsoleTokenLength = 16
+
+// MaxPrefetch bounds RTM_PREFETCH: a larger buffer only keeps more jobs
+// leased and waiting in one agent, for no measurable gain.
+const MaxPrefetch = 10000
 
 // Set binds the settings to the flags of fs, with defaults from the
 // environment. It returns a function to call after fs.Parse that reports
@@ -195,6 +200,8 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 
 	fs.IntVar(&c.Concurrency, "concurrency", envInt(errs, "RTM_CONCURRENCY", 8),
 		"jobs run at once; jobs of one game always run one at a time (env RTM_CONCURRENCY)")
+	fs.IntVar(&c.Prefetch, "prefetch", envInt(errs, "RTM_PREFETCH", 0),
+		"jobs a claim may take beyond the free slots and hold leased until a slot frees; for floods of short jobs (env RTM_PREFETCH)")
 	fs.DurationVar(&c.LeaseDuration, "lease-duration", envDuration(errs, "RTM_LEASE_DURATION", 30*time.Second),
 		"how long a claimed job stays ours without renewal; a dead agent's jobs rerun after it (env RTM_LEASE_DURATION)")
 	fs.DurationVar(&c.PollInterval, "poll-interval", envDuration(errs, "RTM_POLL_INTERVAL", 2*time.Second),
@@ -379,6 +386,9 @@ func (c *Config) check(what []Setting) error {
 		}
 		if c.Concurrency < 1 {
 			errs = append(errs, fmt.Errorf("--concurrency (RTM_CONCURRENCY) must be at least 1, got %d", c.Concurrency))
+		}
+		if c.Prefetch < 0 || c.Prefetch > MaxPrefetch {
+			errs = append(errs, fmt.Errorf("--prefetch (RTM_PREFETCH) must be between 0 and %d, got %d", MaxPrefetch, c.Prefetch))
 		}
 		if c.DockerNetwork == "" {
 			errs = append(errs, errors.New("--docker-network must not be empty"))
