@@ -75,6 +75,34 @@ type ContainerSpec struct {
 	// Labels are extra labels (e.g. for tests). Keys under
 	// "com.galaxy.rtmanager." are reserved and refused.
 	Labels map[string]string
+
+	// Healthcheck, when set, replaces the image's HEALTHCHECK.
+	Healthcheck *Healthcheck
+}
+
+// Healthcheck is a container's health check: Command is run without a
+// shell (Docker's ["CMD", ...] form); zero durations and retries keep the
+// image's values, else Docker's defaults.
+type Healthcheck struct {
+	Command     []string
+	Interval    time.Duration
+	Timeout     time.Duration
+	StartPeriod time.Duration
+	Retries     int
+}
+
+// healthConfig is Docker's form of h (nil: the image's).
+func healthConfig(h *Healthcheck) *container.HealthConfig {
+	if h == nil {
+		return nil
+	}
+	return &container.HealthConfig{
+		Test:        append([]string{"CMD"}, h.Command...),
+		Interval:    h.Interval,
+		Timeout:     h.Timeout,
+		StartPeriod: h.StartPeriod,
+		Retries:     h.Retries,
+	}
 }
 
 // CreateContainer implements Engine.
@@ -151,9 +179,10 @@ func (d *Docker) CreateContainer(ctx context.Context, spec ContainerSpec) (Conta
 	opts := client.ContainerCreateOptions{
 		Name: spec.Name,
 		Config: &container.Config{
-			Image:  spec.Image,
-			Env:    slices.Clone(spec.Env),
-			Labels: labels,
+			Image:       spec.Image,
+			Env:         slices.Clone(spec.Env),
+			Labels:      labels,
+			Healthcheck: healthConfig(spec.Healthcheck),
 		},
 		HostConfig:       hc,
 		NetworkingConfig: nc,
@@ -216,6 +245,9 @@ func (d *Docker) checkSpec(spec *ContainerSpec) error {
 	}
 	if !filepath.IsAbs(spec.StateMountTarget) || filepath.Clean(spec.StateMountTarget) != spec.StateMountTarget || spec.StateMountTarget == "/" {
 		problems = append(problems, fmt.Sprintf("state mount target %q is not a clean absolute path", spec.StateMountTarget))
+	}
+	if h := spec.Healthcheck; h != nil && (len(h.Command) == 0 || h.Command[0] == "" || h.Interval < 0 || h.Timeout < 0 || h.StartPeriod < 0 || h.Retries < 0) {
+		problems = append(problems, "health check without a command or with a negative setting")
 	}
 	if spec.MemoryBytes < 0 || spec.NanoCPUs < 0 || spec.PidsLimit < 0 {
 		problems = append(problems, "negative resource limit")
