@@ -34,6 +34,10 @@ type Container struct {
 	// HealthOutput the output of its last probe.
 	Health       string
 	HealthOutput string
+	// HasHealthcheck reports a health check in the container's config
+	// (the payload's, or the image's merged in at creation), whatever the
+	// state: a job waits for such an engine to be healthy.
+	HasHealthcheck bool
 
 	StartedAt  time.Time // zero if never started
 	FinishedAt time.Time // zero if never exited
@@ -452,6 +456,9 @@ func fromInspect(r container.InspectResponse) Container {
 	if r.Config != nil {
 		c.Image = r.Config.Image
 		c.Labels = maps0(r.Config.Labels)
+		if h := r.Config.Healthcheck; h != nil && len(h.Test) > 0 && h.Test[0] != "NONE" {
+			c.HasHealthcheck = true
+		}
 	} else {
 		c.Labels = map[string]string{}
 	}

@@ -41,7 +41,7 @@ const (
 
 // awaitReady waits until container id, when it has a health check (the
 // image's or the payload's), is healthy: it returns nil at once for a
-// container without one. It fails with job.ErrNotReady (permanent) when
+// container without one, running or not. It fails with job.ErrNotReady (permanent) when
 // the engine turns unhealthy, exits, or is still starting after
 // t.Spec.ReadyTimeout, quoting the last probe's output; it returns the
 // context's error, not permanent, when the job is interrupted.
@@ -63,9 +63,13 @@ func (e *Executor) awaitReady(ctx context.Context, t worker.Task, id string) err
 			return fmt.Errorf("wait for container %s to be healthy: %w", shortID(id), engineErr(err))
 		}
 		switch {
+		case !c.HasHealthcheck:
+			// Nothing to wait for: an engine that exits at once is
+			// recorded as the die it was (the job's Check).
+			return nil
 		case !c.Running:
 			return notReady(c, fmt.Sprintf("exited with code %d before it was healthy", c.ExitCode))
-		case c.Health == "" || c.Health == string(runtime.HealthHealthy):
+		case c.Health == string(runtime.HealthHealthy):
 			return nil
 		case c.Health == string(runtime.HealthUnhealthy):
 			return notReady(c, fmt.Sprintf("is unhealthy after %s (ready timeout %s)", time.Since(began).Round(time.Millisecond), timeout))

@@ -114,6 +114,9 @@ func TestStartWaitsUntilHealthy(t *testing.T) {
 	if rec.Status != runtime.StatusRunning || rec.CurrentImageRef != img {
 		t.Fatalf("record: %+v", rec)
 	}
+	if c, err := e.eng.InspectContainer(context.Background(), rec.CurrentContainerID); err != nil || !c.HasHealthcheck {
+		t.Fatalf("the image's HEALTHCHECK is not seen on its container: %+v, %v", c, err)
+	}
 	e.waitHealth(g, runtime.HealthHealthy)
 	want := []string{"runtime.running:job_start", "job.succeeded", "runtime.health:reconcile_health"}
 	if got := e.events(g); !slices.Equal(got, want) {
@@ -145,6 +148,33 @@ func TestStartNeverHealthyFails(t *testing.T) {
 	}
 	if id := e.eventField(g, "runtime.running", "job_id"); id != fmt.Sprint(j.ID) {
 		t.Fatalf("the start's transition names job %q, want %d", id, j.ID)
+	}
+}
+
+// TestStartCrashBeforeHealthy: an engine with a health check that exits
+// before it is healthy fails its start at once; the record says what
+// happened: the job's start, then the exit as the die it was, with its
+// crash report.
+func TestStartCrashBeforeHealthy(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	img := e.healthyImage()
+	e.run()
+	const g = "brittle"
+	hc := `"healthcheck": {"command": ["/engine", "healthcheck"], "interval_ms": 200, "start_period_ms": 600000}`
+	e.failedFor(e.insert(g, "start", payload(img, `"env": {"ENGINE_HEALTH": "never", "ENGINE_EXIT_AFTER": "300ms", "ENGINE_EXIT_CODE": "5"}`, hc)),
+		job.ErrNotReady.Error(), "exited with code 5 before it was healthy")
+	rec := e.record(g)
+	if rec.Status != runtime.StatusStopped || rec.CurrentImageRef != img {
+		t.Fatalf("record %+v", rec)
+	}
+	want := []string{"runtime.running:job_start", "job.failed", "runtime.stopped:observed_die"}
+	if got := e.events(g); !slices.Equal(got, want) {
+		t.Fatalf("events:\n got %v\nwant %v", got, want)
+	}
+	rs, err := e.store.CrashReports(context.Background(), g, 10)
+	if err != nil || len(rs) != 1 || rs[0].ExitCode == nil || *rs[0].ExitCode != 5 {
+		t.Fatalf("crash reports %+v, %v", rs, err)
 	}
 }
 
@@ -193,10 +223,14 @@ func TestStartPayloadHealthcheck(t *testing.T) {
 	}
 	e.waitHealth(g, runtime.HealthHealthy)
 
+	if c, err := e.eng.InspectContainer(context.Background(), rec.CurrentContainerID); err != nil || !c.HasHealthcheck {
+		t.Fatalf("the payload's health check is not seen on its container: %+v, %v", c, err)
+	}
+
 	// The plain image without a payload health check: no wait, no health.
 	e.succeeded(e.insert("plain", "start", payload(e.image)))
-	if h := e.dockerHealth(e.record("plain").CurrentContainerID); h != "" {
-		t.Fatalf("a container without a health check reports %q", h)
+	if c, err := e.eng.InspectContainer(context.Background(), e.record("plain").CurrentContainerID); err != nil || c.HasHealthcheck || c.Health != "" {
+		t.Fatalf("a container without a health check: %+v, %v", c, err)
 	}
 }
 
