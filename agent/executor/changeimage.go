@@ -30,8 +30,9 @@ import (
 // timeout. When step 3 fails — the new container cannot be created or
 // started, turns unhealthy, stays starting, or exits — the new container
 // is removed, the old one gets its name back and is started again if it
-// was running; the record still names it (see rolledBack). A retry after a crash resumes: the old container is already
-// aside and stopped, and the new one is adopted by name.
+// was running; the record still names it (see rolledBack). A retry after
+// a crash resumes: the old container is already aside and stopped, and the
+// new one is adopted by name.
 func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.RuntimeRecord) (worker.Result, error) {
 	g, image := t.Spec.GameID, t.Spec.ImageRef
 	if rec == nil {
@@ -93,7 +94,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 		if created != "" && errors.Is(err, job.ErrNotReady) {
 			// Nothing to go back to: the game runs the new image, not
 			// ready, and its record says so with the failure.
-			res.Record = e.changedTo(t, created, img.Digest)
+			res.Record, res.Check = e.changedTo(t, created, img.Digest), e.exitedSince(created)
 			return e.gateFailed(res, t, created, err)
 		}
 		return res, err
