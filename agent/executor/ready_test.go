@@ -317,3 +317,69 @@ func (e *env) checkRolledBack(g string, before runtime.RuntimeRecord) {
 		e.t.Fatalf("the last runtime.running names container %s of %s, want the old %s of %s", id, img, before.CurrentContainerID, e.image)
 	}
 }
+
+// TestChangeImageCancelledWhileWaiting: a cancel that comes while the job
+// waits for the new engine ends the job cancelled, with the old container
+// back under the game's name and running, and the record still naming it.
+func TestChangeImageCancelledWhileWaiting(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	img := e.healthyImage()
+	e.run()
+	const g = "halt"
+	e.succeeded(e.insert(g, "start", payload(e.image)))
+	before := e.record(g)
+	hc := `"healthcheck": {"command": ["/engine", "healthcheck"], "interval_ms": 200, "start_period_ms": 600000}`
+	id := e.insert(g, "change_image", payload(img, `"env": {"ENGINE_HEALTH": "never"}`, hc, `"ready_timeout_seconds": 600`))
+	wait.For(t, time.Minute, "the new engine to be starting", func() bool {
+		for _, c := range e.containers(g) {
+			if c.Image == img && c.Running && c.Health == "starting" {
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := e.store.Pool().Exec(context.Background(), `UPDATE jobs SET cancel_requested_at = now() WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if j := e.finished(id); j.Status != job.StatusCancelled {
+		t.Fatalf("job ended %s: %q", j.Status, j.LastError)
+	}
+	cs := e.containers(g)
+	if len(cs) != 1 || cs[0].ID != before.CurrentContainerID || cs[0].Name != runtime.ContainerName(g) || !cs[0].Running {
+		t.Fatalf("containers after the cancel: %+v", cs)
+	}
+	if after := e.record(g); after.CurrentContainerID != before.CurrentContainerID || after.CurrentImageRef != e.image || after.Status != runtime.StatusRunning {
+		t.Fatalf("record after the cancel %+v", after)
+	}
+}
+
+// TestRestartNotReadyFails: a restart of an engine that does not become
+// healthy in time fails for good, and commits its restart with the
+// failure: the record says the engine runs again (job_restart), starting.
+func TestRestartNotReadyFails(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.run()
+	const g = "stuck"
+	hc := `"healthcheck": {"command": ["/engine", "healthcheck"], "interval_ms": 200, "start_period_ms": 600000}`
+	e.failedFor(e.insert(g, "start", payload(e.image, `"env": {"ENGINE_HEALTH": "never"}`, hc, `"ready_timeout_seconds": 1`)),
+		"is still starting after the ready timeout of 1s")
+	first := e.record(g)
+	e.waitHealth(g, runtime.HealthStarting)
+	j := e.failedFor(e.insert(g, "restart", `{"timeout_seconds": 5, "ready_timeout_seconds": 1}`),
+		"restart game stuck: engine not ready", "is still starting after the ready timeout of 1s", "503 not ready: never healthy")
+	rec := e.record(g)
+	if rec.Status != runtime.StatusRunning || rec.CurrentContainerID != first.CurrentContainerID || !rec.StartedAt.After(*first.StartedAt) {
+		t.Fatalf("record after the failed restart %+v (before %+v)", rec, first)
+	}
+	e.waitHealth(g, runtime.HealthStarting)
+	want := []string{"runtime.running:job_start", "job.failed", "runtime.health:reconcile_health",
+		"runtime.running:job_restart", "job.failed", "runtime.health:reconcile_health"}
+	if got := e.events(g); !slices.Equal(got, want) {
+		t.Fatalf("events:\n got %v\nwant %v", got, want)
+	}
+	if id := e.eventField(g, "runtime.running", "job_id"); id != fmt.Sprint(j.ID) {
+		t.Fatalf("the restart's transition names job %q, want %d", id, j.ID)
+	}
+}
