@@ -23,6 +23,13 @@
 // when it commits (worker.Result.Check): an engine that died before the
 // record named it is recorded then, after the job's change and outcome, as
 // the die it was (observed_die).
+//
+// A start, restart or image change of an engine with a health check (its
+// image's, or the payload's) succeeds only once Docker says it is healthy,
+// within the job's ready timeout (see awaitReady). One that is not fails
+// for good with job.ErrNotReady, and its record change commits with the
+// failure (see worker.Result.Record), so the record says the engine runs;
+// an image change puts the old container back instead (see rolledBack).
 package executor
 
 import (

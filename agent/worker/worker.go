@@ -53,8 +53,9 @@ type Result struct {
 	// if the job fails for good: an engine that started but was not
 	// ready is running, and the record says so beside the failure.
 	Record db.Decision
-	// Check, when set, is committed with the succeeded outcome, after it:
-	// a look at the container at commit time (see db.Outcome.Check).
+	// Check, when set, is committed with the succeeded outcome (or with
+	// a failure that commits Record), after it: a look at the container
+	// at commit time (see db.Outcome.Check).
 	Check db.ObservedDecision
 	// AfterCommit, when set, runs once the succeeded outcome (and Record)
 	// has committed. An image change removes the old container here: only
