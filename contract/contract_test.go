@@ -295,6 +295,21 @@ func TestBoundsMatchConstants(t *testing.T) {
 	check("stop timeout minimum", at(t, defs, "timeoutSeconds", "minimum"), 0)
 	check("stop timeout maximum", at(t, defs, "timeoutSeconds", "maximum"), job.MaxStopTimeoutSeconds)
 	check("stop timeout default", at(t, defs, "timeoutSeconds", "x-agent-default"), job.DefaultStopTimeoutSeconds)
+	check("ready timeout minimum", at(t, defs, "readyTimeoutSeconds", "minimum"), job.MinReadyTimeoutSeconds)
+	check("ready timeout maximum", at(t, defs, "readyTimeoutSeconds", "maximum"), job.MaxReadyTimeoutSeconds)
+	check("ready timeout default", at(t, defs, "readyTimeoutSeconds", "x-agent-default"), job.DefaultReadyTimeoutSeconds)
+	hc := at(t, defs, "healthcheck", "properties")
+	check("healthcheck arguments", at(t, hc, "command", "maxItems"), job.MaxHealthcheckArgs)
+	check("healthcheck argument length", at(t, hc, "command", "items", "maxLength"), job.MaxHealthcheckArgBytes)
+	check("healthcheck program length", at(t, hc, "command", "prefixItems", 0, "maxLength"), job.MaxHealthcheckArgBytes)
+	for _, d := range []struct {
+		name string
+		hi   int64
+	}{{"interval_ms", job.MaxHealthcheckMillis}, {"timeout_ms", job.MaxHealthcheckMillis}, {"start_period_ms", job.MaxHealthcheckStartPeriodMillis}} {
+		check("healthcheck "+d.name+" minimum", at(t, hc, d.name, "anyOf", 1, "minimum"), job.MinHealthcheckMillis)
+		check("healthcheck "+d.name+" maximum", at(t, hc, d.name, "anyOf", 1, "maximum"), d.hi)
+	}
+	check("healthcheck retries maximum", at(t, hc, "retries", "maximum"), job.MaxHealthcheckRetries)
 	for _, l := range []struct {
 		name               string
 		lo, hi, defaultVal int64

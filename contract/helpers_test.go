@@ -157,6 +157,9 @@ const (
 	// UTF-8 (replaced). The agent refuses both in the raw text.
 	exDuplicateKey = "duplicate_key"
 	exInvalidUTF8  = "invalid_utf8"
+	// A health check argument's bound is in UTF-8 bytes, as an env
+	// value's.
+	exHealthArgBytes = "healthcheck_arg_bytes"
 )
 
 // classify names the exception that explains why the agent refused a
@@ -182,6 +185,8 @@ func classify(err error) string {
 		return exDuplicateKey
 	case strings.Contains(d, "is not valid UTF-8"):
 		return exInvalidUTF8
+	case fe.Field == "healthcheck.command" && strings.Contains(d, fmt.Sprintf("bytes, over the limit of %d", job.MaxHealthcheckArgBytes)):
+		return exHealthArgBytes
 	}
 	return ""
 }

@@ -111,6 +111,40 @@ func TestPayloadBounds(t *testing.T) {
 			add(kind, fmt.Sprintf("timeout %d", v), fmt.Sprintf(`{"timeout_seconds": %d}`, v), valid)
 		}
 	}
+	for _, kind := range []string{"start", "change_image", "restart"} {
+		for v, valid := range map[int]bool{0: false, job.MinReadyTimeoutSeconds: true, job.MaxReadyTimeoutSeconds: true, job.MaxReadyTimeoutSeconds + 1: false, -1: false} {
+			raw := fmt.Sprintf(`{"ready_timeout_seconds": %d}`, v)
+			if kind != "restart" {
+				raw = start(fmt.Sprintf(`"ready_timeout_seconds": %d`, v))
+			}
+			add(kind, fmt.Sprintf("ready timeout %d", v), raw, valid)
+		}
+	}
+	hc := func(members string) string { return start(`"healthcheck": {"command": ["/engine"]` + members + `}`) }
+	for _, d := range []struct {
+		name string
+		hi   int
+	}{{"interval_ms", job.MaxHealthcheckMillis}, {"timeout_ms", job.MaxHealthcheckMillis}, {"start_period_ms", job.MaxHealthcheckStartPeriodMillis}} {
+		for v, valid := range map[int]bool{0: true, -1: false, job.MinHealthcheckMillis - 1: false, job.MinHealthcheckMillis: true, d.hi: true, d.hi + 1: false} {
+			for _, kind := range []string{"start", "change_image"} {
+				add(kind, fmt.Sprintf("healthcheck %s %d", d.name, v), hc(fmt.Sprintf(`, %q: %d`, d.name, v)), valid)
+			}
+		}
+	}
+	for v, valid := range map[int]bool{0: true, 1: true, -1: false, job.MaxHealthcheckRetries: true, job.MaxHealthcheckRetries + 1: false} {
+		add("start", fmt.Sprintf("healthcheck retries %d", v), hc(fmt.Sprintf(`, "retries": %d`, v)), valid)
+	}
+	args := func(n, size int) string {
+		a := make([]string, n)
+		for i := range a {
+			a[i] = fmt.Sprintf("%q", strings.Repeat("a", size))
+		}
+		return start(`"healthcheck": {"command": [` + strings.Join(a, ", ") + `]}`)
+	}
+	add("start", "healthcheck arguments at the bound", args(job.MaxHealthcheckArgs, 1), true)
+	add("start", "healthcheck arguments over the bound", args(job.MaxHealthcheckArgs+1, 1), false)
+	add("start", "healthcheck argument at the bound", args(1, job.MaxHealthcheckArgBytes), true)
+	add("start", "healthcheck argument over the bound", args(1, job.MaxHealthcheckArgBytes+1), false)
 	env := func(n int) string {
 		vars := make([]string, n)
 		for i := range vars {

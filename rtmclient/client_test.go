@@ -111,6 +111,13 @@ func TestEnqueueValidatesBeforeInsert(t *testing.T) {
 			r.Payload = rtmclient.ChangeImagePayload{ImageRef: "engine:2", Limits: rtmclient.Limits{MemoryBytes: 1}}
 		}, "limits.memory_bytes"},
 		{"attempts", func(r *rtmclient.JobRequest) { r.MaxAttempts = 101 }, "max_attempts"},
+		{"health check without a command", func(r *rtmclient.JobRequest) {
+			r.Payload = rtmclient.StartPayload{ImageRef: "engine:1", Healthcheck: &rtmclient.Healthcheck{IntervalMillis: 1000}}
+		}, "healthcheck.command"},
+		{"ready timeout", func(r *rtmclient.JobRequest) {
+			zero := 0
+			r.Payload = rtmclient.RestartPayload{ReadyTimeoutSeconds: &zero}
+		}, "ready_timeout_seconds"},
 	}
 	for _, tc := range cases {
 		req := ok
@@ -123,6 +130,13 @@ func TestEnqueueValidatesBeforeInsert(t *testing.T) {
 	}
 	if n := countJobs(t, c); n != 0 {
 		t.Fatalf("%d jobs inserted by refused requests", n)
+	}
+	// A health check and a ready timeout within their bounds pass.
+	ninety := 90
+	if _, _, err := c.Enqueue(ctx, c.Pool(), rtmclient.JobRequest{HostID: "h", GameID: "g3",
+		Payload: rtmclient.ChangeImagePayload{ImageRef: "engine:2", ReadyTimeoutSeconds: &ninety,
+			Healthcheck: &rtmclient.Healthcheck{Command: []string{"/engine", "healthcheck"}, IntervalMillis: 500, Retries: 3}}}); err != nil {
+		t.Fatal(err)
 	}
 	// Any well-formed image passes: the allow-list is the agent's.
 	if _, _, err := c.Enqueue(ctx, c.Pool(), rtmclient.JobRequest{HostID: "h", GameID: "g2",
@@ -286,6 +300,7 @@ func TestPublicTypesMatchTheAgents(t *testing.T) {
 		{rtmclient.RemovePayload{}, job.RemovePayload{}},
 		{rtmclient.ChangeImagePayload{}, job.ChangeImagePayload{}},
 		{rtmclient.Limits{}, job.Limits{}},
+		{rtmclient.Healthcheck{}, job.Healthcheck{}},
 		{rtmclient.Record{}, outbox.RecordSnapshot{}},
 		{rtmclient.RuntimePayload{}, outbox.RuntimePayload{}},
 		{rtmclient.JobPayload{}, outbox.JobPayload{}},

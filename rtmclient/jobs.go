@@ -86,6 +86,32 @@ type StartPayload struct {
 	// root, inside the game's own directory: empty (the game id), the
 	// game id, or the game id followed by a path below it ("g1/season-2").
 	StateDir string `json:"state_dir,omitempty"`
+	// Healthcheck replaces the image's HEALTHCHECK; nil keeps it.
+	Healthcheck *Healthcheck `json:"healthcheck,omitempty"`
+	// ReadyTimeoutSeconds bounds the wait for an engine with a health
+	// check to be healthy, 1..3600; nil takes the agent's default
+	// (RTM_READY_TIMEOUT). The job fails if it is not.
+	ReadyTimeoutSeconds *int `json:"ready_timeout_seconds,omitempty"`
+}
+
+// Healthcheck is an engine container's health check, run by Docker
+// inside the container; exit status 0 means healthy. Zero durations and
+// retries keep the image's value, else Docker's default.
+type Healthcheck struct {
+	// Command is the probe's argv, run without a shell (Docker's
+	// ["CMD", ...] form, without the "CMD"); required. For a shell:
+	// []string{"/bin/sh", "-c", "..."}.
+	Command []string `json:"command"`
+	// IntervalMillis is the time between probes, 100..600000.
+	IntervalMillis int64 `json:"interval_ms,omitempty"`
+	// TimeoutMillis bounds one probe, 100..600000.
+	TimeoutMillis int64 `json:"timeout_ms,omitempty"`
+	// StartPeriodMillis is the warm-up during which failed probes do
+	// not count, 100..3600000.
+	StartPeriodMillis int64 `json:"start_period_ms,omitempty"`
+	// Retries is how many failed probes in a row make the engine
+	// unhealthy, 1..100.
+	Retries int `json:"retries,omitempty"`
 }
 
 // StopPayload stops a game.
@@ -99,6 +125,10 @@ type StopPayload struct {
 type RestartPayload struct {
 	// TimeoutSeconds is the stop timeout of the restart.
 	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
+	// ReadyTimeoutSeconds bounds the wait for the engine to be healthy
+	// again when its container has a health check; nil takes the agent's
+	// default.
+	ReadyTimeoutSeconds *int `json:"ready_timeout_seconds,omitempty"`
 }
 
 // RemovePayload removes a game's container; it has no fields.
@@ -109,6 +139,10 @@ type ChangeImagePayload struct {
 	ImageRef string            `json:"image_ref"`
 	Env      map[string]string `json:"env,omitempty"`
 	Limits   Limits            `json:"limits,omitempty"`
+	// Healthcheck and ReadyTimeoutSeconds are as for a start: the old
+	// container comes back when the new engine is not healthy in time.
+	Healthcheck         *Healthcheck `json:"healthcheck,omitempty"`
+	ReadyTimeoutSeconds *int         `json:"ready_timeout_seconds,omitempty"`
 }
 
 // PullPayload warms a host: the image is pulled unless it is there. The

@@ -45,6 +45,9 @@ func Policy(cfg *config.Config) job.Policy {
 	p := job.DefaultPolicy()
 	p.AllowedImages = cfg.AllowedImages
 	p.StateRoot = cfg.StateRoot
+	if cfg.ReadyTimeout > 0 {
+		p.DefaultReadyTimeout = cfg.ReadyTimeout
+	}
 	return p
 }
 
@@ -220,7 +223,7 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 	intents := intent.New(10*time.Minute, nil)
 	images := imageuse.New(nil)
 	exec := executor.New(docker, executor.Config{Records: store, StateRoot: cfg.StateRoot, Logger: log, Images: images,
-		Crash: crash.Limits{Lines: cfg.CrashLines, Bytes: cfg.CrashBytes}})
+		Crash: crash.Limits{Lines: cfg.CrashLines, Bytes: cfg.CrashBytes}, Health: store})
 	poll := cfg.PollInterval
 	if cfg.UseListen {
 		// Notifications wake the worker: polling is only a safety net.

@@ -72,6 +72,10 @@ type Config struct {
 	// Console: the operator console (rtmanager console, and rtmanager dev).
 	Console ConsoleConfig
 
+	// ReadyTimeout is the default wait for an engine with a health check
+	// to be healthy, for jobs that name no ready_timeout_seconds.
+	ReadyTimeout time.Duration
+
 	// Image pulls.
 	PullTimeout  time.Duration
 	PullAttempts int
@@ -235,6 +239,8 @@ func registerAgent(c *Config, fs *flag.FlagSet, errs *[]error) {
 	fs.DurationVar(&c.CrashRetention, "crash-retention", envDuration(errs, "RTM_CRASH_RETENTION", 30*24*time.Hour),
 		"how long crash reports are kept (a game keeps at most its last ten); 0 forever (env RTM_CRASH_RETENTION)")
 
+	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", envDuration(errs, "RTM_READY_TIMEOUT", job.DefaultReadyTimeoutSeconds*time.Second),
+		"how long a start, restart or image change waits for an engine with a health check to be healthy, when the job names no ready_timeout_seconds; whole seconds within 1s..1h (env RTM_READY_TIMEOUT)")
 	fs.DurationVar(&c.PullTimeout, "pull-timeout", envDuration(errs, "RTM_PULL_TIMEOUT", 10*time.Minute),
 		"bound of one image pull, its retries included (env RTM_PULL_TIMEOUT)")
 	fs.IntVar(&c.PullAttempts, "pull-attempts", envInt(errs, "RTM_PULL_ATTEMPTS", 3),
@@ -377,6 +383,10 @@ func (c *Config) check(what []Setting) error {
 		}
 		if c.PullTimeout <= 0 {
 			errs = append(errs, fmt.Errorf("--pull-timeout (RTM_PULL_TIMEOUT) must be positive, got %s", c.PullTimeout))
+		}
+		if c.ReadyTimeout < job.MinReadyTimeoutSeconds*time.Second || c.ReadyTimeout > job.MaxReadyTimeoutSeconds*time.Second || c.ReadyTimeout%time.Second != 0 {
+			errs = append(errs, fmt.Errorf("--ready-timeout (RTM_READY_TIMEOUT) must be whole seconds within %ds..%ds, got %s",
+				job.MinReadyTimeoutSeconds, job.MaxReadyTimeoutSeconds, c.ReadyTimeout))
 		}
 		if c.PullAttempts < 1 {
 			errs = append(errs, fmt.Errorf("--pull-attempts (RTM_PULL_ATTEMPTS) must be at least 1, got %d", c.PullAttempts))

@@ -34,6 +34,10 @@ type Container struct {
 	// HealthOutput the output of its last probe.
 	Health       string
 	HealthOutput string
+	// HasHealthcheck reports a health check in the container's config
+	// (the payload's, or the image's merged in at creation), whatever the
+	// state: a job waits for such an engine to be healthy.
+	HasHealthcheck bool
 
 	StartedAt  time.Time // zero if never started
 	FinishedAt time.Time // zero if never exited
@@ -75,6 +79,34 @@ type ContainerSpec struct {
 	// Labels are extra labels (e.g. for tests). Keys under
 	// "com.galaxy.rtmanager." are reserved and refused.
 	Labels map[string]string
+
+	// Healthcheck, when set, replaces the image's HEALTHCHECK.
+	Healthcheck *Healthcheck
+}
+
+// Healthcheck is a container's health check: Command is run without a
+// shell (Docker's ["CMD", ...] form); zero durations and retries keep the
+// image's values, else Docker's defaults.
+type Healthcheck struct {
+	Command     []string
+	Interval    time.Duration
+	Timeout     time.Duration
+	StartPeriod time.Duration
+	Retries     int
+}
+
+// healthConfig is Docker's form of h (nil: the image's).
+func healthConfig(h *Healthcheck) *container.HealthConfig {
+	if h == nil {
+		return nil
+	}
+	return &container.HealthConfig{
+		Test:        append([]string{"CMD"}, h.Command...),
+		Interval:    h.Interval,
+		Timeout:     h.Timeout,
+		StartPeriod: h.StartPeriod,
+		Retries:     h.Retries,
+	}
 }
 
 // CreateContainer implements Engine.
@@ -151,9 +183,10 @@ func (d *Docker) CreateContainer(ctx context.Context, spec ContainerSpec) (Conta
 	opts := client.ContainerCreateOptions{
 		Name: spec.Name,
 		Config: &container.Config{
-			Image:  spec.Image,
-			Env:    slices.Clone(spec.Env),
-			Labels: labels,
+			Image:       spec.Image,
+			Env:         slices.Clone(spec.Env),
+			Labels:      labels,
+			Healthcheck: healthConfig(spec.Healthcheck),
 		},
 		HostConfig:       hc,
 		NetworkingConfig: nc,
@@ -216,6 +249,9 @@ func (d *Docker) checkSpec(spec *ContainerSpec) error {
 	}
 	if !filepath.IsAbs(spec.StateMountTarget) || filepath.Clean(spec.StateMountTarget) != spec.StateMountTarget || spec.StateMountTarget == "/" {
 		problems = append(problems, fmt.Sprintf("state mount target %q is not a clean absolute path", spec.StateMountTarget))
+	}
+	if h := spec.Healthcheck; h != nil && (len(h.Command) == 0 || h.Command[0] == "" || h.Interval < 0 || h.Timeout < 0 || h.StartPeriod < 0 || h.Retries < 0) {
+		problems = append(problems, "health check without a command or with a negative setting")
 	}
 	if spec.MemoryBytes < 0 || spec.NanoCPUs < 0 || spec.PidsLimit < 0 {
 		problems = append(problems, "negative resource limit")
@@ -420,6 +456,9 @@ func fromInspect(r container.InspectResponse) Container {
 	if r.Config != nil {
 		c.Image = r.Config.Image
 		c.Labels = maps0(r.Config.Labels)
+		if h := r.Config.Healthcheck; h != nil && len(h.Test) > 0 && h.Test[0] != "NONE" {
+			c.HasHealthcheck = true
+		}
 	} else {
 		c.Labels = map[string]string{}
 	}

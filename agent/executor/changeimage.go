@@ -25,10 +25,14 @@ import (
 //     container) and only then, in AfterCommit, the old container is
 //     removed, so its destroy event is stale for the watcher.
 //
-// When step 3 fails the new container is removed, the old one gets its
-// name back and is started again if it was running; the record still
-// names it. A retry after a crash resumes: the old container is already
-// aside and stopped, and the new one is adopted by name.
+// With a health check (the new image's or the payload's), step 3 includes
+// waiting until the new engine is healthy, within the job's ready
+// timeout. When step 3 fails — the new container cannot be created or
+// started, turns unhealthy, stays starting, or exits — the new container
+// is removed, the old one gets its name back and is started again if it
+// was running; the record still names it (see rolledBack). A retry after
+// a crash resumes: the old container is already aside and stopped, and the
+// new one is adopted by name.
 func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.RuntimeRecord) (worker.Result, error) {
 	g, image := t.Spec.GameID, t.Spec.ImageRef
 	if rec == nil {
@@ -78,22 +82,26 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 
 	spec := e.containerSpec(t, image, mount, t.Spec.Env, t.Spec.Limits)
 	created, err := e.createAndStart(ctx, spec)
+	if err == nil {
+		// The old container stays aside until the new one is ready.
+		err = e.awaitReady(ctx, t, created)
+	}
 	if err != nil {
+		err = fmt.Errorf("change the image of game %s: %w", g, err)
 		if old != nil && canRename {
-			e.rollback(ctx, t, old.ID, created, wasRunning, renamer)
+			return e.rolledBack(ctx, t, res, *old, created, wasRunning, renamer, err)
 		}
-		return res, fmt.Errorf("change the image of game %s: %w", g, err)
+		if created != "" && errors.Is(err, job.ErrNotReady) {
+			// Nothing to go back to: the game runs the new image, not
+			// ready, and its record says so with the failure.
+			res.Record, res.Check = e.changedTo(t, created, img.Digest), e.exitedSince(created)
+			return e.gateFailed(res, t, created, err)
+		}
+		return res, err
 	}
 
-	newID, jobID, digest := created, t.Job.ID, img.Digest
-	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
-		if cur == nil {
-			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("change the image of game %s: %w", g, runtime.ErrNotFound)
-		}
-		r, err := cur.ChangeImage(newID, image, at)
-		return r.WithImageDigest(digest), details(outbox.ReasonJobChangeImage, jobID), err
-	}
-	res.Check = e.exitedSince(newID)
+	res.Record = e.changedTo(t, created, img.Digest)
+	res.Check = e.exitedSince(created)
 	if old != nil && canRename {
 		oldCID := old.ID
 		res.AfterCommit = func(ctx context.Context) error {
@@ -103,7 +111,58 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 			return nil
 		}
 	}
+	res.AfterCommit = chain(res.AfterCommit, e.recordHealth(t, created))
 	return res, nil
+}
+
+// changedTo is the record change of an image change to container newID.
+func (e *Executor) changedTo(t worker.Task, newID, digest string) func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+	g, image, jobID := t.Spec.GameID, t.Spec.ImageRef, t.Job.ID
+	return func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		if cur == nil {
+			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("change the image of game %s: %w", g, runtime.ErrNotFound)
+		}
+		r, err := cur.ChangeImage(newID, image, at)
+		return r.WithImageDigest(digest), details(outbox.ReasonJobChangeImage, jobID), err
+	}
+}
+
+// rolledBack puts the old container back after a failed replacement (see
+// rollback) and returns the job's failure, which says so. The record
+// keeps naming the old container and its image throughout; when the old
+// engine was running, it was stopped and started again, so the failure
+// commits that restart (job_change_image, running → running with its new
+// start time): the outbox then reads "the engine of the old image runs
+// again since T", then job.failed with why. Events of the new container
+// never move the record (it never named it), and the old one's stop and
+// start during the job are steps on the way of the job (see package
+// outbox), so the watcher records neither.
+func (e *Executor) rolledBack(ctx context.Context, t worker.Task, res worker.Result, old engine.Container, newID string, wasRunning bool, renamer Renamer, cause error) (worker.Result, error) {
+	g := t.Spec.GameID
+	runStart, rbErr := e.rollback(ctx, t, old.ID, newID, wasRunning, renamer)
+	if rbErr != nil {
+		return worker.Result{ImageDigest: res.ImageDigest}, fmt.Errorf("%w; the rollback failed too (the relist will record what is left): %v", cause, rbErr)
+	}
+	if !wasRunning {
+		return worker.Result{ImageDigest: res.ImageDigest}, fmt.Errorf("%w; rolled back: container %s of image %s is back under the game's name, stopped as it was", cause, shortID(old.ID), old.Image)
+	}
+	oldID, jobID := old.ID, t.Job.ID
+	res.Record = func(cur *runtime.RuntimeRecord, at time.Time) (runtime.RuntimeRecord, outbox.TransitionDetails, error) {
+		if cur == nil {
+			return runtime.RuntimeRecord{}, outbox.TransitionDetails{}, fmt.Errorf("change the image of game %s: %w", g, runtime.ErrNotFound)
+		}
+		if cur.CurrentContainerID != oldID {
+			return *cur, outbox.TransitionDetails{}, nil
+		}
+		if at.Before(runStart) {
+			at = runStart
+		}
+		r, err := cur.Restart(oldID, runStart, at)
+		return r, details(outbox.ReasonJobChangeImage, jobID), err
+	}
+	res.Check = e.exitedSince(oldID)
+	res.AfterCommit = e.recordHealth(t, oldID)
+	return res, fmt.Errorf("%w; rolled back: container %s of image %s runs again", cause, shortID(old.ID), old.Image)
 }
 
 // createAndStart creates (or adopts) the new container and starts it. It
@@ -131,27 +190,37 @@ func (e *Executor) createAndStart(ctx context.Context, spec engine.ContainerSpec
 	return c.ID, nil
 }
 
-// rollback puts the old container back after a failed replacement. It runs
-// on a fresh context: the job's may be the reason for the failure.
-func (e *Executor) rollback(ctx context.Context, t worker.Task, oldID, newID string, wasRunning bool, renamer Renamer) {
+// rollback puts the old container back after a failed replacement: the
+// new one is removed, the old one gets the game's name back and is started
+// again if it was running. It returns the old engine's new start time
+// (zero when it stays stopped). It runs on a fresh context: the job's may
+// be the reason for the failure.
+func (e *Executor) rollback(ctx context.Context, t worker.Task, oldID, newID string, wasRunning bool, renamer Renamer) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	log := e.log.With("job_id", t.Job.ID, "game_id", t.Spec.GameID, "old_container", oldID)
 	if newID != "" {
 		if err := e.eng.RemoveContainer(ctx, newID); err != nil {
 			log.Error("image change rollback: could not remove the new container", "container", newID, "err", err)
-			return
+			return time.Time{}, fmt.Errorf("remove the new container %s: %w", shortID(newID), err)
 		}
 	}
 	if err := renamer.RenameContainer(ctx, oldID, runtime.ContainerName(t.Spec.GameID)); err != nil {
 		log.Error("image change rollback: could not give the old container its name back", "err", err)
-		return
+		return time.Time{}, fmt.Errorf("give the old container %s its name back: %w", shortID(oldID), err)
 	}
-	if wasRunning {
-		if err := e.eng.StartContainer(ctx, oldID); err != nil {
-			log.Error("image change rollback: could not start the old container again", "err", err)
-			return
-		}
+	if !wasRunning {
+		log.Warn("image change failed; the old container is back, stopped as it was")
+		return time.Time{}, nil
 	}
-	log.Warn("image change failed; the old container is back", "running", wasRunning)
+	if err := e.eng.StartContainer(ctx, oldID); err != nil {
+		log.Error("image change rollback: could not start the old container again", "err", err)
+		return time.Time{}, fmt.Errorf("start the old container %s again: %w", shortID(oldID), err)
+	}
+	runStart, err := e.started(ctx, oldID)
+	if err != nil {
+		return time.Time{}, err
+	}
+	log.Warn("image change failed; the old container runs again")
+	return runStart, nil
 }

@@ -23,6 +23,13 @@
 // when it commits (worker.Result.Check): an engine that died before the
 // record named it is recorded then, after the job's change and outcome, as
 // the die it was (observed_die).
+//
+// A start, restart or image change of an engine with a health check (its
+// image's, or the payload's) succeeds only once Docker says it is healthy,
+// within the job's ready timeout (see awaitReady). One that is not fails
+// for good with job.ErrNotReady, and its record change commits with the
+// failure (see worker.Result.Record), so the record says the engine runs;
+// an image change puts the old container back instead (see rolledBack).
 package executor
 
 import (
@@ -80,6 +87,10 @@ type Config struct {
 	// exited when a job commits (observed_die); zero fields take the
 	// defaults.
 	Crash crash.Limits
+	// Health, when set, records the health of an engine a job waited
+	// for, once the job's outcome has committed (see HealthRecorder);
+	// without it the watcher's next health event or the relist tells.
+	Health HealthRecorder
 }
 
 // Executor implements worker.Executor on an engine.
@@ -188,6 +199,7 @@ func (e *Executor) containerSpec(t worker.Task, image, mountSource string, env [
 		MemoryBytes:      l.MemoryBytes,
 		NanoCPUs:         l.NanoCPUs,
 		PidsLimit:        l.PidsLimit,
+		Healthcheck:      healthcheck(t.Spec.Healthcheck),
 	}
 }
 
@@ -295,7 +307,12 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		c, err := e.eng.InspectContainer(ctx, rec.CurrentContainerID)
 		switch {
 		case err == nil && c.Running && c.Image == image:
-			// Already what was asked for: succeed without change.
+			// Already what was asked for: succeed without change once
+			// it is ready (the record names it: the watcher follows its
+			// health).
+			if err := e.awaitReady(ctx, t, c.ID); err != nil {
+				return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
+			}
 			return worker.Result{}, nil
 		case err == nil && c.Running:
 			return worker.Result{}, job.Permanent(fmt.Errorf("start game %s: it is running image %s, not %s; use an image change", g, c.Image, image))
@@ -363,7 +380,24 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		return r.WithImageDigest(digest), d, err
 	}
 	res.Check = e.exitedSince(id)
+	if err := e.awaitReady(ctx, t, id); err != nil {
+		return e.gateFailed(res, t, id, fmt.Errorf("start game %s: %w", g, err))
+	}
+	res.AfterCommit = e.recordHealth(t, id)
 	return res, nil
+}
+
+// gateFailed is the outcome of a job whose engine runs (or ran) but was
+// not ready: the job fails for good, and its record change commits with
+// the failure, so the record says what is true (the job started the
+// engine; its health, or its exit through Check). An interrupted wait
+// keeps res unrecorded, as any interrupted job does.
+func (e *Executor) gateFailed(res worker.Result, t worker.Task, id string, err error) (worker.Result, error) {
+	if !errors.Is(err, job.ErrNotReady) {
+		return worker.Result{ImageDigest: res.ImageDigest}, err
+	}
+	res.AfterCommit = chain(res.AfterCommit, e.recordHealth(t, id))
+	return res, err
 }
 
 // stop stops the game's container gracefully.
@@ -450,6 +484,10 @@ func (e *Executor) restart(ctx context.Context, t worker.Task, rec runtime.Runti
 		return r, details(outbox.ReasonJobRestart, jobID), err
 	}
 	res.Check = e.exitedSince(id)
+	if err := e.awaitReady(ctx, t, id); err != nil {
+		return e.gateFailed(res, t, id, fmt.Errorf("restart game %s: %w", g, err))
+	}
+	res.AfterCommit = e.recordHealth(t, id)
 	return res, nil
 }
 

@@ -92,7 +92,7 @@ func (e *env) workerConfig(owner string) worker.Config {
 }
 
 func (e *env) executor() *executor.Executor {
-	return executor.New(e.eng, executor.Config{Records: e.store, StateRoot: e.root})
+	return executor.New(e.eng, executor.Config{Records: e.store, StateRoot: e.root, Health: e.store})
 }
 
 // run starts a worker with the real executor until the test ends.

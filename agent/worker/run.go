@@ -64,7 +64,7 @@ func (w *Worker) runJob(r *running) {
 	}
 	spec, err := job.Decode(j.Kind, j.GameID, j.Payload, w.cfg.Policy)
 	if err != nil {
-		w.failOrRetry(r, log, fmt.Errorf("validate job: %w", err), maxAttempts)
+		w.failOrRetry(r, log, fmt.Errorf("validate job: %w", err), maxAttempts, Result{})
 		return
 	}
 
@@ -89,14 +89,14 @@ func (w *Worker) runJob(r *running) {
 			// job is failed or retried like any other error. (Any other
 			// failure to finish, a lost lease included, was dealt with
 			// by finish: there is nothing to fail or retry.)
-			w.failOrRetry(r, log, job.Permanent(r.lastFinishErr), maxAttempts)
+			w.failOrRetry(r, log, job.Permanent(r.lastFinishErr), maxAttempts, Result{})
 		}
 	case errors.Is(cause, errCancelRequested):
 		w.finish(r, log, db.Outcome{Status: job.StatusCancelled, Error: truncate("cancelled while running: " + err.Error())}, nil)
 	case errors.Is(cause, errDraining):
 		w.release(r, log, err)
 	default:
-		w.failOrRetry(r, log, err, maxAttempts)
+		w.failOrRetry(r, log, err, maxAttempts, res)
 	}
 }
 
@@ -113,15 +113,27 @@ func (w *Worker) execute(ctx context.Context, t Task) (res Result, err error) {
 }
 
 // failOrRetry fails the job for good when err is permanent or the attempts
-// are used up, and requeues it with backoff otherwise.
-func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempts int) {
+// are used up, and requeues it with backoff otherwise. A failure for good
+// commits the record change res carries, if any, with its Check and
+// AfterCommit (a job whose engine started but was not ready, see
+// Result.Record); should the change be refused, the failure is recorded
+// without it.
+func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempts int, res Result) {
 	j := r.job
 	msg := truncate(err.Error())
 	if job.IsPermanent(err) || j.Attempt >= maxAttempts {
 		if !job.IsPermanent(err) {
 			msg = truncate(fmt.Sprintf("attempt %d of %d: %s", j.Attempt, maxAttempts, err))
 		}
-		w.finish(r, log, db.Outcome{Status: job.StatusFailed, Error: msg}, nil)
+		failed := db.Outcome{Status: job.StatusFailed, Error: msg}
+		if res.Record != nil || res.Check != nil {
+			with := failed
+			with.Record, with.Check = res.Record, res.Check
+			if w.finish(r, log, with, res.AfterCommit) || r.lastFinishErr == nil || r.lost() {
+				return
+			}
+		}
+		w.finish(r, log, failed, nil)
 		return
 	}
 	delay := retry.Nth(w.cfg.RetryBaseDelay, w.cfg.RetryMaxDelay, j.Attempt)

@@ -49,9 +49,13 @@ type Task struct {
 type Result struct {
 	// Record is the record transition the work caused; the worker commits
 	// it with the job's final state, or nothing at all. Nil: no change.
+	// Returned with an error, it commits (with Check and AfterCommit) only
+	// if the job fails for good: an engine that started but was not
+	// ready is running, and the record says so beside the failure.
 	Record db.Decision
-	// Check, when set, is committed with the succeeded outcome, after it:
-	// a look at the container at commit time (see db.Outcome.Check).
+	// Check, when set, is committed with the succeeded outcome (or with
+	// a failure that commits Record), after it: a look at the container
+	// at commit time (see db.Outcome.Check).
 	Check db.ObservedDecision
 	// AfterCommit, when set, runs once the succeeded outcome (and Record)
 	// has committed. An image change removes the old container here: only

@@ -56,6 +56,31 @@ const (
 	MaxStateDirBytes        = 1024
 	MaxStateDirElementBytes = 255
 
+	// The readiness wait of a start, restart or image change of an engine
+	// with a health check (ready_timeout_seconds): absent takes the
+	// agent's default (RTM_READY_TIMEOUT, DefaultReadyTimeoutSeconds
+	// unless configured), otherwise MinReadyTimeoutSeconds..
+	// MaxReadyTimeoutSeconds whole seconds.
+	MinReadyTimeoutSeconds     = 1
+	DefaultReadyTimeoutSeconds = 120
+	MaxReadyTimeoutSeconds     = 3600
+
+	// A payload's healthcheck: command is the argv of the probe (at most
+	// MaxHealthcheckArgs arguments of at most MaxHealthcheckArgBytes
+	// each); interval_ms, timeout_ms and start_period_ms are 0 (the
+	// image's value, else Docker's default) or
+	// MinHealthcheckMillis..MaxHealthcheckMillis (start period up to
+	// MaxHealthcheckStartPeriodMillis); retries is 0 (likewise) or
+	// 1..MaxHealthcheckRetries. The minimum keeps one engine's probes
+	// from flooding the daemon's 256-event ring (three exec events a
+	// probe).
+	MaxHealthcheckArgs              = 32
+	MaxHealthcheckArgBytes          = 1024
+	MinHealthcheckMillis            = 100
+	MaxHealthcheckMillis            = 600_000
+	MaxHealthcheckStartPeriodMillis = 3_600_000
+	MaxHealthcheckRetries           = 100
+
 	// MaxAttemptsLimit bounds a job row's max_attempts: 0 takes the
 	// agent's default for the kind (DefaultMaxAttempts), otherwise
 	// 1..MaxAttemptsLimit. The jobs table's CHECK says the same.

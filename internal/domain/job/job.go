@@ -138,6 +138,13 @@ var (
 	// ErrInvalidEnv reports an environment variable that is malformed,
 	// reserved, or over the policy's bounds.
 	ErrInvalidEnv = errors.New("invalid environment")
+	// ErrNotReady reports an engine with a health check that did not
+	// become healthy within the job's ready timeout: unhealthy, still
+	// starting, or exited. The attempt had the whole timeout, and another
+	// would run the same image the same way (an image change has already
+	// put the old engine back), so it is permanent: the Game Master
+	// decides what next.
+	ErrNotReady = errors.New("engine not ready")
 
 	// ErrInvalidPolicy reports a Policy that cannot be applied. It is the
 	// agent's configuration that is wrong, not the job, so it is not
@@ -206,7 +213,7 @@ func IsPermanent(err error) bool {
 	}
 	for _, sentinel := range []error{
 		ErrInvalidPayload, ErrUnknownKind, ErrInvalidGameID, ErrImageNotAllowed,
-		ErrStateDirOutsideRoot, ErrInvalidLimits, ErrInvalidEnv, runtime.ErrRemoved,
+		ErrStateDirOutsideRoot, ErrInvalidLimits, ErrInvalidEnv, ErrNotReady, runtime.ErrRemoved,
 	} {
 		if errors.Is(err, sentinel) {
 			return true

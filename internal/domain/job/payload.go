@@ -31,6 +31,11 @@ type StartPayload struct {
 	// StateDir is the state directory relative to the policy's state
 	// root: empty (the game id), the game id, or a path below it.
 	StateDir string `json:"state_dir,omitempty"`
+	// Healthcheck replaces the image's HEALTHCHECK; absent keeps it.
+	Healthcheck *Healthcheck `json:"healthcheck,omitempty"`
+	// ReadyTimeoutSeconds bounds the wait for a healthy engine when it
+	// has a health check; absent means the policy default.
+	ReadyTimeoutSeconds *int `json:"ready_timeout_seconds,omitempty"`
 }
 
 // StopPayload is the payload of a stop job.
@@ -45,6 +50,9 @@ type RestartPayload struct {
 	// TimeoutSeconds is the stop timeout of the restart; absent means the
 	// policy default.
 	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
+	// ReadyTimeoutSeconds bounds the wait for a healthy engine when its
+	// container has a health check; absent means the policy default.
+	ReadyTimeoutSeconds *int `json:"ready_timeout_seconds,omitempty"`
 }
 
 // RemovePayload is the payload of a remove job; it has no fields.
@@ -59,6 +67,12 @@ type ChangeImagePayload struct {
 	Env map[string]string `json:"env,omitempty"`
 	// Limits are the new container's limits; zeros take defaults.
 	Limits Limits `json:"limits,omitempty"`
+	// Healthcheck replaces the new image's HEALTHCHECK; absent keeps it.
+	Healthcheck *Healthcheck `json:"healthcheck,omitempty"`
+	// ReadyTimeoutSeconds bounds the wait for the new engine to be
+	// healthy when it has a health check; absent means the policy
+	// default. The old container comes back when it is not.
+	ReadyTimeoutSeconds *int `json:"ready_timeout_seconds,omitempty"`
 }
 
 // PullPayload is the payload of a pull job.
@@ -109,6 +123,13 @@ type Spec struct {
 	// payload for stop and restart, the policy default otherwise (a
 	// remove or an image change stops the container too).
 	StopTimeout time.Duration
+	// Healthcheck is the payload's health check (start and change_image),
+	// nil when it gives none: the image's HEALTHCHECK, if any, applies.
+	Healthcheck *HealthSpec
+	// ReadyTimeout bounds the wait for a healthy engine of a start,
+	// restart or image change whose container has a health check: from
+	// the payload, the policy default otherwise; zero for other kinds.
+	ReadyTimeout time.Duration
 }
 
 // Decode validates an untrusted job and returns its Spec. It checks, in
@@ -150,6 +171,9 @@ func Decode(kind string, gameID string, raw []byte, p Policy) (Spec, error) {
 		if spec.StatePath, err = ResolveStatePath(p.StateRoot, gameID, pl.StateDir); err != nil {
 			return Spec{}, err
 		}
+		if spec.Healthcheck, spec.ReadyTimeout, err = p.readiness(pl.Healthcheck, pl.ReadyTimeoutSeconds); err != nil {
+			return Spec{}, err
+		}
 	case KindChangeImage:
 		var pl ChangeImagePayload
 		if err = decodeStrict(raw, &pl); err != nil {
@@ -157,6 +181,9 @@ func Decode(kind string, gameID string, raw []byte, p Policy) (Spec, error) {
 		}
 		spec.Payload, spec.ImageRef = pl, pl.ImageRef
 		if spec.Env, spec.Limits, err = p.checkContainer(pl.ImageRef, pl.Env, pl.Limits); err != nil {
+			return Spec{}, err
+		}
+		if spec.Healthcheck, spec.ReadyTimeout, err = p.readiness(pl.Healthcheck, pl.ReadyTimeoutSeconds); err != nil {
 			return Spec{}, err
 		}
 	case KindStop:
@@ -175,6 +202,9 @@ func Decode(kind string, gameID string, raw []byte, p Policy) (Spec, error) {
 		}
 		spec.Payload = pl
 		if spec.StopTimeout, err = p.stopTimeout(pl.TimeoutSeconds); err != nil {
+			return Spec{}, err
+		}
+		if spec.ReadyTimeout, err = p.readyTimeout(pl.ReadyTimeoutSeconds); err != nil {
 			return Spec{}, err
 		}
 	case KindRemove:
@@ -214,6 +244,23 @@ func (s Spec) Validate(p Policy) error {
 	}
 	if s.StopTimeout < 0 || s.StopTimeout > p.MaxStopTimeout {
 		return fieldErr("timeout_seconds", ErrInvalidPayload, fmt.Sprintf("%s is outside 0s..%s", s.StopTimeout, p.MaxStopTimeout))
+	}
+	switch s.Kind {
+	case KindStart, KindChangeImage, KindRestart:
+		if s.ReadyTimeout < MinReadyTimeoutSeconds*time.Second || s.ReadyTimeout > p.MaxReadyTimeout {
+			return fieldErr("ready_timeout_seconds", ErrInvalidPayload, fmt.Sprintf("%s is outside %ds..%s", s.ReadyTimeout, MinReadyTimeoutSeconds, p.MaxReadyTimeout))
+		}
+	default:
+		if s.ReadyTimeout != 0 {
+			return fieldErr("ready_timeout_seconds", ErrInvalidPayload, fmt.Sprintf("a %s job takes no ready timeout", s.Kind))
+		}
+	}
+	if s.Kind == KindStart || s.Kind == KindChangeImage {
+		if err := s.Healthcheck.check(); err != nil {
+			return err
+		}
+	} else if s.Healthcheck != nil {
+		return fieldErr("healthcheck", ErrInvalidPayload, fmt.Sprintf("a %s job takes no health check", s.Kind))
 	}
 	switch s.Kind {
 	case KindStart, KindChangeImage:
@@ -266,6 +313,20 @@ func (p Policy) checkContainer(imageRef string, env map[string]string, limits Li
 		return nil, Limits{}, err
 	}
 	return entries, resolved, nil
+}
+
+// readiness resolves what a start and an image change share: the health
+// check and the ready timeout.
+func (p Policy) readiness(h *Healthcheck, readySeconds *int) (*HealthSpec, time.Duration, error) {
+	spec, err := ResolveHealthcheck(h)
+	if err != nil {
+		return nil, 0, err
+	}
+	ready, err := p.readyTimeout(readySeconds)
+	if err != nil {
+		return nil, 0, err
+	}
+	return spec, ready, nil
 }
 
 // stopTimeout resolves a payload's timeout_seconds: absent takes the
@@ -534,8 +595,10 @@ func jsonType(t reflect.Type) string {
 		return "a string"
 	case reflect.Int, reflect.Int64, reflect.Int32:
 		return "an integer"
-	case reflect.Map, reflect.Struct:
+	case reflect.Map, reflect.Struct, reflect.Pointer:
 		return "an object"
+	case reflect.Slice:
+		return "an array"
 	default:
 		return t.String()
 	}

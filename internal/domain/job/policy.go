@@ -34,6 +34,10 @@ type Policy struct {
 	// DefaultStopTimeout applies when a payload names none;
 	// MaxStopTimeout bounds what a payload may ask for.
 	DefaultStopTimeout, MaxStopTimeout time.Duration
+	// DefaultReadyTimeout applies when a start, restart or image change
+	// names no ready_timeout_seconds; MaxReadyTimeout bounds what a
+	// payload may ask for.
+	DefaultReadyTimeout, MaxReadyTimeout time.Duration
 	// MaxEnvVars bounds the number of environment variables, and
 	// MaxEnvValueBytes the size of each value.
 	MaxEnvVars       int
@@ -55,11 +59,13 @@ func DefaultPolicy() Policy {
 			NanoCPUs:    MaxNanoCPUs,
 			PidsLimit:   MaxPidsLimit,
 		},
-		MaxPayloadBytes:    MaxPayloadBytes,
-		DefaultStopTimeout: DefaultStopTimeoutSeconds * time.Second,
-		MaxStopTimeout:     MaxStopTimeoutSeconds * time.Second,
-		MaxEnvVars:         MaxEnvVars,
-		MaxEnvValueBytes:   MaxEnvValueBytes,
+		MaxPayloadBytes:     MaxPayloadBytes,
+		DefaultStopTimeout:  DefaultStopTimeoutSeconds * time.Second,
+		MaxStopTimeout:      MaxStopTimeoutSeconds * time.Second,
+		DefaultReadyTimeout: DefaultReadyTimeoutSeconds * time.Second,
+		MaxReadyTimeout:     MaxReadyTimeoutSeconds * time.Second,
+		MaxEnvVars:          MaxEnvVars,
+		MaxEnvValueBytes:    MaxEnvValueBytes,
 	}
 }
 
@@ -95,6 +101,9 @@ func (p Policy) validateBounds() error {
 	}
 	if p.MaxStopTimeout < 0 || p.DefaultStopTimeout < 0 || p.DefaultStopTimeout > p.MaxStopTimeout {
 		return bad("stop timeouts must satisfy 0 <= default (%s) <= max (%s)", p.DefaultStopTimeout, p.MaxStopTimeout)
+	}
+	if minReady := MinReadyTimeoutSeconds * time.Second; p.DefaultReadyTimeout < minReady || p.DefaultReadyTimeout > p.MaxReadyTimeout {
+		return bad("ready timeouts must satisfy %s <= default (%s) <= max (%s)", minReady, p.DefaultReadyTimeout, p.MaxReadyTimeout)
 	}
 	for _, l := range limitFields(p.DefaultLimits, p.MaxLimits) {
 		if l.max < l.min {
