@@ -4,13 +4,21 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 
+	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/agent/worker"
+	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/domain/runtime"
 	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
 	"github.com/galaxy/rtmanager/internal/testutil/registry"
 )
@@ -41,30 +49,102 @@ func BenchmarkStartJob(b *testing.B) {
 	b.StopTimer()
 }
 
-// BenchmarkRawDockerCreateStart is the baseline: the same image, created
-// and started with two plain SDK calls.
+// BenchmarkRawDockerCreateStart is the baseline: the container a start
+// job creates (rawCreateOptions, checked against the agent's by
+// TestRawBaselineCreatesTheAgentsContainer), with its state directory,
+// created and started with two plain SDK calls on a network that exists.
 func BenchmarkRawDockerCreateStart(b *testing.B) {
-	cli := dockertest.Client(b)
-	image := dockertest.EngineImage(b)
-	label := dockertest.UniqueName(b)
-	dockertest.RemoveLabelled(b, dockertest.LabelTest, label)
-	ctx := context.Background()
+	r := newRaw(b)
 	b.ResetTimer()
 	for i := range b.N {
-		res, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
-			Name:       fmt.Sprintf("raw-%s-%d", label, i),
-			Config:     &container.Config{Image: image, Labels: map[string]string{dockertest.LabelTest: label}},
-			HostConfig: &container.HostConfig{CapDrop: []string{"ALL"}, SecurityOpt: []string{"no-new-privileges"}},
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := cli.ContainerStart(ctx, res.ID, client.ContainerStartOptions{}); err != nil {
-			b.Fatal(err)
-		}
+		r.createStart(b, fmt.Sprintf("b%d", i), int64(i+1))
 	}
 	b.StopTimer()
 }
+
+// raw creates engine containers with plain SDK calls, as the agent
+// creates them, for a host id, network and state root of its own.
+type raw struct {
+	cli     *client.Client
+	image   string
+	hostID  string
+	network string
+	root    string
+}
+
+func newRaw(t testing.TB) *raw {
+	t.Helper()
+	r := &raw{cli: dockertest.Client(t), image: dockertest.EngineImage(t), hostID: dockertest.UniqueName(t), root: t.TempDir()}
+	r.network = "net-" + r.hostID
+	dockertest.RemoveLabelled(t, engine.LabelHost, r.hostID)
+	_, err := r.cli.NetworkCreate(context.Background(), r.network, client.NetworkCreateOptions{
+		Driver: "bridge",
+		Labels: map[string]string{engine.LabelManaged: "true", engine.LabelHost: r.hostID},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// createStart makes the game's state directory, then creates and starts
+// its container; it returns the container id.
+func (r *raw) createStart(t testing.TB, game string, jobID int64) string {
+	t.Helper()
+	ctx := context.Background()
+	dir := filepath.Join(r.root, game)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.cli.ContainerCreate(ctx, rawCreateOptions(r.image, r.hostID, r.network, game, dir, jobID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.cli.ContainerStart(ctx, res.ID, client.ContainerStartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return res.ID
+}
+
+// rawCreateOptions is the create request of a start job's container
+// (startPayload's env and limits with the test policy's defaults),
+// written out with the SDK's types.
+func rawCreateOptions(image, hostID, netName, game, stateDir string, jobID int64) client.ContainerCreateOptions {
+	name := runtime.ContainerName(game)
+	return client.ContainerCreateOptions{
+		Name: name,
+		Config: &container.Config{
+			Image: image,
+			Env:   []string{"GAME_ID=x"},
+			Labels: map[string]string{
+				engine.LabelManaged: "true",
+				engine.LabelHost:    hostID,
+				engine.LabelGame:    game,
+				engine.LabelJob:     strconv.FormatInt(jobID, 10),
+			},
+		},
+		HostConfig: &container.HostConfig{
+			Mounts:        []mount.Mount{{Type: mount.TypeBind, Source: stateDir, Target: engine.DefaultStateMountTarget}},
+			RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+			IpcMode:       "private",
+			CapDrop:       []string{"ALL"},
+			SecurityOpt:   []string{"no-new-privileges"},
+			Init:          ptr(true),
+			NetworkMode:   container.NetworkMode(netName),
+			Resources: container.Resources{
+				Memory:     64 << 20,
+				MemorySwap: 64 << 20,
+				NanoCPUs:   job.DefaultNanoCPUs,
+				PidsLimit:  ptr(int64(64)),
+			},
+		},
+		NetworkingConfig: &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
+			netName: {Aliases: []string{name}},
+		}},
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // BenchmarkColdPullStart measures a start job whose image is not on the
 // host: the pull from the loopback registry, then the job as in
