@@ -78,6 +78,13 @@ var (
 	ErrRegistryAuth = errors.New("registry refused the credentials")
 	// ErrPullTimeout: a pull did not finish within Options.PullTimeout.
 	ErrPullTimeout = errors.New("image pull timed out")
+	// ErrImageMissing: the daemon does not have the image a container
+	// was to be created from (removed since it was made present). The
+	// engine has forgotten it had it: EnsureImage pulls it again.
+	ErrImageMissing = errors.New("image is no longer on the host")
+	// ErrNetworkMissing: the network a container needs is gone. The
+	// engine has forgotten it: EnsureNetwork creates it again.
+	ErrNetworkMissing = errors.New("network is no longer on the host")
 )
 
 // Engine is the part of Docker the rest of rtmanager depends on. All

@@ -312,7 +312,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
 	}
 	spec := e.containerSpec(t, image, mount, t.Spec.Env, t.Spec.Limits)
-	c, err := e.eng.CreateContainer(ctx, spec)
+	c, err := e.createContainer(ctx, spec, &img)
 	if err != nil {
 		return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
 	}
@@ -325,12 +325,12 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return worker.Result{}, fmt.Errorf("start game %s: replace its stopped container of image %s: %w", g, c.Image, engineErr(err))
 		}
-		if c, err = e.eng.CreateContainer(ctx, spec); err != nil {
+		if c, err = e.createContainer(ctx, spec, &img); err != nil {
 			return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
 		}
 	}
 	res := worker.Result{ImageDigest: img.Digest}
-	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
+	if c, err = e.startContainer(ctx, t, spec, c); err != nil {
 		return res, fmt.Errorf("start game %s: %w", g, engineErr(err))
 	}
 	runStart, err := e.started(ctx, c.ID)
@@ -364,6 +364,47 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 	}
 	res.Check = e.exitedSince(id)
 	return res, nil
+}
+
+// createContainer creates the job's container from img. The engine
+// takes an image it made present to stay so; when the daemon no longer
+// has it (removed since, by someone other than this agent's image
+// collector, which tells the engine), the engine has forgotten it and the
+// image is made present again — pulled — for a second create.
+func (e *Executor) createContainer(ctx context.Context, spec engine.ContainerSpec, img *engine.Image) (engine.Container, error) {
+	c, err := e.eng.CreateContainer(ctx, spec)
+	if !errors.Is(err, engine.ErrImageMissing) {
+		return c, err
+	}
+	again, err := e.ensureImage(ctx, spec.Image)
+	if err != nil {
+		return engine.Container{}, err
+	}
+	*img = again
+	return e.eng.CreateContainer(ctx, spec)
+}
+
+// startContainer starts the job's container c. One whose network is gone
+// (removed under the agent: the container names the network that was)
+// cannot start; it holds nothing of the game's (the state is in the
+// bind-mounted directory), so it is replaced by one on the network made
+// again.
+func (e *Executor) startContainer(ctx context.Context, t worker.Task, spec engine.ContainerSpec, c engine.Container) (engine.Container, error) {
+	err := e.eng.StartContainer(ctx, c.ID)
+	if !errors.Is(err, engine.ErrNetworkMissing) || t.Network == "" {
+		return c, err
+	}
+	e.log.Warn("the game's container names a network that is gone; creating it again", "game_id", t.Spec.GameID, "network", t.Network, "container_id", c.ID)
+	if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
+		return c, fmt.Errorf("remove container %s, whose network is gone: %w", c.ID, err)
+	}
+	if err := e.eng.EnsureNetwork(ctx, t.Network); err != nil {
+		return c, fmt.Errorf("ensure network %s: %w", t.Network, err)
+	}
+	if c, err = e.eng.CreateContainer(ctx, spec); err != nil {
+		return c, err
+	}
+	return c, e.eng.StartContainer(ctx, c.ID)
 }
 
 // stop stops the game's container gracefully.

@@ -18,6 +18,8 @@ import (
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
+	"github.com/galaxy/rtmanager/internal/testutil/dockertest"
+	"github.com/galaxy/rtmanager/internal/testutil/registry"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
@@ -137,8 +139,14 @@ func TestStartJobDockerCalls(t *testing.T) {
 		t.Fatalf("start: %s: %s", st, msg)
 	}
 	t.Logf("a warm start job:\n%s", breakdown(spans))
-	got := dockerCalls(spans)
-	t.Logf("docker calls: %q", got)
+	// The network and the image are known; the container is ours because
+	// the engine created it. Left: create, start, and the inspect that
+	// reads the run's start time. (The commit's look at the container,
+	// worker.Result.Check, runs in a trace of its own.)
+	want := []string{"POST /containers/create", "POST /containers/{id}/start", "GET /containers/{id}/json"}
+	if got := dockerCalls(spans); !slices.Equal(got, want) {
+		t.Fatalf("docker calls of a warm start: %q, want %q", got, want)
+	}
 }
 
 // TestRawBaselineCreatesTheAgentsContainer keeps BenchmarkRawDockerCreateStart
@@ -200,4 +208,143 @@ func normalisedInspect(t *testing.T, cli *client.Client, id, netName, game, host
 		t.Fatal(err)
 	}
 	return string(out)
+}
+
+// A start after the network was removed under the agent (which took it to
+// stand since its first start) recreates it: the create's "network not
+// found" makes the engine look again.
+func TestStartAfterNetworkRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.run()
+	e.succeeded(e.insert("first", "start", startPayload(e.image)))
+	ctx := context.Background()
+	if _, err := e.cli.ContainerRemove(ctx, e.record("first").CurrentContainerID, client.ContainerRemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cli.NetworkRemove(ctx, e.network, client.NetworkRemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	j := e.succeeded(e.insert("second", "start", startPayload(e.image)))
+	if j.Attempt != 1 {
+		t.Errorf("the start took %d attempts, want 1", j.Attempt)
+	}
+	c, err := e.cli.ContainerInspect(ctx, e.record("second").CurrentContainerID, client.ContainerInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Container.NetworkSettings.Networks[e.network] == nil || !c.Container.State.Running {
+		t.Fatalf("the second game's container is not running on %s: %+v", e.network, c.Container.NetworkSettings.Networks)
+	}
+}
+
+// A stopped game whose network was removed (and so whose container names
+// a network that is no more) starts again: the container is created anew
+// on the network created again.
+func TestStartStoppedGameAfterNetworkRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.run()
+	e.succeeded(e.insert("g", "start", startPayload(e.image)))
+	e.succeeded(e.insert("g", "stop", `{}`))
+	ctx := context.Background()
+	if _, err := e.cli.NetworkRemove(ctx, e.network, client.NetworkRemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	j := e.succeeded(e.insert("g", "start", startPayload(e.image)))
+	rec := e.record("g")
+	c, err := e.cli.ContainerInspect(ctx, rec.CurrentContainerID, client.ContainerInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Status != "running" || c.Container.NetworkSettings.Networks[e.network] == nil || !c.Container.State.Running {
+		t.Fatalf("after %d attempts: record %s, container on %v", j.Attempt, rec.Status, c.Container.NetworkSettings.Networks)
+	}
+	t.Logf("started in %d attempt(s)", j.Attempt)
+}
+
+// The engine takes an image it made present to stay so. When it goes —
+// removed by someone else, or by the agent's own image collection — the
+// next start of that image still succeeds, in one attempt, with the image
+// pulled again.
+func TestStartAfterImageRemoved(t *testing.T) {
+	t.Parallel()
+	r := registry.Start(t, registry.Options{})
+	src := "rtmanager-test-variant:" + dockertest.UniqueName(t)
+	dockertest.EngineImageVariant(t, src)
+	e := newEnv(t)
+	ref, digest := r.Push(t, e.cli, src, "galaxy/removed:v1")
+	e.policy.AllowedImages = append(e.policy.AllowedImages, r.Host+"/galaxy/*")
+	e.run()
+	ctx := context.Background()
+	payload := startPayload(ref)
+
+	// gone removes the game's container and the image, with removeImage.
+	gone := func(game string, removeImage func() error) {
+		t.Helper()
+		if _, err := e.cli.ContainerRemove(ctx, e.record(game).CurrentContainerID, client.ContainerRemoveOptions{Force: true}); err != nil {
+			t.Fatal(err)
+		}
+		if err := removeImage(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.cli.ImageInspect(ctx, ref); err == nil {
+			t.Fatalf("image %s still present", ref)
+		}
+	}
+	started := func(game string) []string {
+		t.Helper()
+		st, msg, spans := e.startTraced(game, payload)
+		if st != job.StatusSucceeded {
+			t.Fatalf("start %s: %s: %s", game, st, msg)
+		}
+		if rec := e.record(game); rec.CurrentImageDigest != digest {
+			t.Fatalf("start %s: record's digest %q, want %s", game, rec.CurrentImageDigest, digest)
+		}
+		if _, err := e.cli.ImageInspect(ctx, ref); err != nil {
+			t.Fatalf("start %s: image %s not present: %v", game, ref, err)
+		}
+		return dockerCalls(spans)
+	}
+
+	started("a") // pulls; the engine now knows the image
+	if calls := started("a2"); slices.Contains(calls, "POST /images/create") || slices.Contains(calls, "GET /images/{id}/json") {
+		t.Fatalf("a start of a known image asked about it: %q", calls)
+	}
+
+	// Removed by someone else: the create finds it missing, the job
+	// pulls it and creates again.
+	gone("a", func() error {
+		if _, err := e.cli.ContainerRemove(ctx, e.record("a2").CurrentContainerID, client.ContainerRemoveOptions{Force: true}); err != nil {
+			return err
+		}
+		_, err := e.cli.ImageRemove(ctx, ref, client.ImageRemoveOptions{Force: true})
+		return err
+	})
+	calls := started("b")
+	if n := count(calls, "POST /containers/create"); n != 2 || !slices.Contains(calls, "POST /images/create") {
+		t.Errorf("start after an outside removal: want a failed create, a pull, a create; got %q", calls)
+	}
+
+	// Removed by the agent's image collection (engine.RemoveImage): the
+	// engine forgets the image at once, and the job pulls it before its
+	// one create.
+	gone("b", func() error {
+		_, err := e.eng.RemoveImage(ctx, ref)
+		return err
+	})
+	calls = started("c")
+	if n := count(calls, "POST /containers/create"); n != 1 || !slices.Contains(calls, "POST /images/create") {
+		t.Errorf("start after the collector's removal: want a pull and one create; got %q", calls)
+	}
+}
+
+func count(calls []string, call string) int {
+	n := 0
+	for _, c := range calls {
+		if c == call {
+			n++
+		}
+	}
+	return n
 }
