@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -57,9 +58,59 @@ func BenchmarkRawDockerCreateStart(b *testing.B) {
 	r := newRaw(b)
 	b.ResetTimer()
 	for i := range b.N {
-		r.createStart(b, fmt.Sprintf("b%d", i), int64(i+1))
+		r.createStart(b, r.game(i), int64(i+1))
 	}
 	b.StopTimer()
+}
+
+// BenchmarkStartJobPaired runs BenchmarkStartJob's job and
+// BenchmarkRawDockerCreateStart's two calls in turn, one of each per
+// iteration, so that both meet the same load on a shared machine; it
+// reports the median of each (job-ms, raw-ms) and their ratio. ns/op is
+// the pair.
+func BenchmarkStartJobPaired(b *testing.B) {
+	e := newEnv(b)
+	cfg := e.workerConfig("owner-bench")
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	w := worker.New(e.store, e.executor(), e.intents, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	e.succeeded(e.insert("warm", "start", startPayload(e.image)))
+	r := newRaw(b)
+	r.createStart(b, r.game(-1), 1)
+	jobs, raws := make([]time.Duration, 0, b.N), make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		began := time.Now()
+		want := w.Stats().Succeeded + 1
+		e.insert(fmt.Sprintf("b%d", i), "start", startPayload(e.image))
+		for w.Stats().Succeeded < want {
+			time.Sleep(200 * time.Microsecond) // benchmark polling
+		}
+		jobs = append(jobs, time.Since(began))
+		began = time.Now()
+		r.createStart(b, r.game(i), int64(i+2))
+		raws = append(raws, time.Since(began))
+	}
+	b.StopTimer()
+	job, raw := median(jobs), median(raws)
+	b.ReportMetric(float64(job.Microseconds())/1000, "job-ms")
+	b.ReportMetric(float64(raw.Microseconds())/1000, "raw-ms")
+	b.ReportMetric(float64(job)/float64(raw), "job/raw")
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // raw creates engine containers with plain SDK calls, as the agent
@@ -86,6 +137,10 @@ func newRaw(t testing.TB) *raw {
 	}
 	return r
 }
+
+// game returns the i-th game id of r: container names are the daemon's,
+// so they carry r's host id.
+func (r *raw) game(i int) string { return fmt.Sprintf("raw%d-%s", i, r.hostID) }
 
 // createStart makes the game's state directory, then creates and starts
 // its container; it returns the container id.

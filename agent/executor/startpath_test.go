@@ -160,10 +160,10 @@ func TestRawBaselineCreatesTheAgentsContainer(t *testing.T) {
 	e.succeeded(e.insert("same", "start", startPayload(e.image)))
 	agentID := e.record("same").CurrentContainerID
 	r := newRaw(t)
-	rawID := r.createStart(t, "same-raw", 1)
+	rawID := r.createStart(t, r.game(0), 1)
 
 	agent := normalisedInspect(t, e.cli, agentID, e.network, "same", e.hostID)
-	baseline := normalisedInspect(t, e.cli, rawID, r.network, "same-raw", r.hostID)
+	baseline := normalisedInspect(t, e.cli, rawID, r.network, r.game(0), r.hostID)
 	if agent != baseline {
 		t.Fatalf("the raw baseline's container differs from the agent's:\nagent:\n%s\nraw:\n%s", agent, baseline)
 	}
