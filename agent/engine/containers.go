@@ -184,6 +184,10 @@ func (d *Docker) CreateContainer(ctx context.Context, spec ContainerSpec) (Conta
 				GameID: spec.GameID, HostID: spec.HostID, JobID: spec.JobID,
 			}, nil
 		}
+		if imageGone(err) {
+			d.forgetImages()
+			return Container{}, fmt.Errorf("create container %s: %w: %w", spec.Name, ErrImageMissing, mapErr(err))
+		}
 		if spec.Network != "" && networkGone(err) {
 			d.forgetNetworks()
 			if networkEnsured {
@@ -194,10 +198,6 @@ func (d *Docker) CreateContainer(ctx context.Context, spec ContainerSpec) (Conta
 			}
 			networkEnsured = true
 			continue
-		}
-		if imageGone(err) {
-			d.forgetImages()
-			return Container{}, fmt.Errorf("create container %s: %w: %w", spec.Name, ErrImageMissing, mapErr(err))
 		}
 		if !cerrdefs.IsConflict(err) {
 			return Container{}, fmt.Errorf("create container %s: %w", spec.Name, mapErr(err))

@@ -15,8 +15,9 @@
 //   - Every container the agent creates carries [LabelManaged]="true",
 //     [LabelHost], [LabelGame] and [LabelJob]. Every mutating call first
 //     inspects its target and refuses ([ErrNotManaged]) a container that does
-//     not carry LabelManaged="true" and this engine's host id. Mutations are
-//     then addressed by the inspected container id, never by name.
+//     not carry LabelManaged="true" and this engine's host id (a start of a
+//     container this engine created needs no inspect for that: its id says
+//     so). Mutations are then addressed by the container id, never by name.
 //   - Engine containers run unprivileged (see [Docker.CreateContainer]).
 //   - Operations are idempotent so that at-least-once job delivery is safe:
 //     creating an existing container of ours adopts it, starting a running

@@ -25,9 +25,10 @@ import (
 )
 
 // BenchmarkStartJob measures a start job end to end: insert → claimed →
-// validated → state directory → network and image checks → create → start
-// → record and outbox committed. Compare with BenchmarkRawDockerCreateStart
-// from the same run.
+// validated → state directory → network and image (known after the
+// warm-up: no request) → create → start → start time read → record and
+// outbox committed. Compare with BenchmarkRawDockerCreateStart from the
+// same run, or better, BenchmarkStartJobPaired.
 func BenchmarkStartJob(b *testing.B) {
 	e := newEnv(b)
 	cfg := e.workerConfig("owner-bench")
