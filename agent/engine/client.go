@@ -66,7 +66,14 @@ type Docker struct {
 	hostID      string
 	callTimeout time.Duration
 	configDir   string
-	netMu       sync.Mutex // serialises EnsureNetwork within this process
+	netMu       sync.Mutex      // serialises EnsureNetwork within this process
+	netKnown    map[string]bool // networks EnsureNetwork made sure of (netMu)
+
+	// images EnsureImage found present, by reference (see imageCache).
+	images imageCache
+	// ids of the containers this engine created: ours without an inspect.
+	createdMu  sync.Mutex
+	createdIDs map[string]struct{}
 
 	pulls        singleflight.Group // one pull per reference at a time
 	pullTimeout  time.Duration

@@ -133,6 +133,18 @@ func healthConfig(h *Healthcheck) *container.HealthConfig {
 // ours for this host and spec.GameID — whatever its image; the caller
 // compares Container.Image — ErrNameConflict if it is ours for another game,
 // ErrNotManaged otherwise.
+//
+// A container created here is not inspected: what it is, the spec and the
+// daemon's id say (State "created"; ImageID, CreatedAt and the times are
+// left zero, InspectContainer has them). Its id is remembered as ours, so
+// StartContainer needs no inspect to check that either.
+//
+// The network is taken to stand once EnsureNetwork made sure of it. When
+// the daemon answers that it does not (removed since) or that the name is
+// ambiguous (another agent created a duplicate), the network is ensured
+// again and the create retried. When the daemon no longer has the image,
+// the engine forgets that it had it (see EnsureImage) and the error wraps
+// ErrImageMissing: make the image present again and retry.
 func (d *Docker) CreateContainer(ctx context.Context, spec ContainerSpec) (Container, error) {
 	if err := d.checkSpec(&spec); err != nil {
 		return Container{}, fmt.Errorf("create container %s: %w", spec.Name, err)
@@ -193,15 +205,32 @@ func (d *Docker) CreateContainer(ctx context.Context, spec ContainerSpec) (Conta
 	}
 
 	// A retry loop covers the race where the conflicting container is
-	// removed between our create and our inspect.
+	// removed between our create and our inspect, and a network that went
+	// away.
+	networkEnsured := false
 	for attempt := 0; ; attempt++ {
 		res, err := d.cli.ContainerCreate(ctx, opts)
 		if err == nil {
-			c, err := d.inspect(ctx, res.ID)
-			if err != nil {
-				return Container{}, fmt.Errorf("create container %s: inspect created %s: %w", spec.Name, res.ID, err)
+			d.remember(res.ID)
+			return Container{
+				ID: res.ID, Name: spec.Name, Image: spec.Image, Labels: maps0(labels), State: "created",
+				GameID: spec.GameID, HostID: spec.HostID, JobID: spec.JobID,
+			}, nil
+		}
+		if imageGone(err) {
+			d.forgetImages()
+			return Container{}, fmt.Errorf("create container %s: %w: %w", spec.Name, ErrImageMissing, mapErr(err))
+		}
+		if spec.Network != "" && networkGone(err) {
+			d.forgetNetworks()
+			if networkEnsured {
+				return Container{}, fmt.Errorf("create container %s: %w: %w", spec.Name, ErrNetworkMissing, mapErr(err))
 			}
-			return c, nil
+			if nerr := d.EnsureNetwork(ctx, spec.Network); nerr != nil {
+				return Container{}, fmt.Errorf("create container %s: network %s gone (%v): %w", spec.Name, spec.Network, err, nerr)
+			}
+			networkEnsured = true
+			continue
 		}
 		if !cerrdefs.IsConflict(err) {
 			return Container{}, fmt.Errorf("create container %s: %w", spec.Name, mapErr(err))
@@ -268,6 +297,30 @@ func (d *Docker) checkSpec(spec *ContainerSpec) error {
 	return nil
 }
 
+// maxCreatedIDs bounds the ids remembered as created here; past it they
+// are forgotten, and a start of an older one inspects it first.
+const maxCreatedIDs = 4096
+
+// remember notes id as a container this engine created.
+func (d *Docker) remember(id string) {
+	d.createdMu.Lock()
+	defer d.createdMu.Unlock()
+	if len(d.createdIDs) >= maxCreatedIDs || d.createdIDs == nil {
+		d.createdIDs = make(map[string]struct{})
+	}
+	d.createdIDs[id] = struct{}{}
+}
+
+// created reports whether this engine created the container with that
+// full id: a container id names one container for good, and ours carry
+// our labels from their creation.
+func (d *Docker) created(id string) bool {
+	d.createdMu.Lock()
+	defer d.createdMu.Unlock()
+	_, ok := d.createdIDs[id]
+	return ok
+}
+
 // owns reports whether labels mark a container as managed by this host.
 func (d *Docker) owns(labels map[string]string) bool {
 	return labels[LabelManaged] == "true" && labels[LabelHost] == d.hostID
@@ -285,18 +338,31 @@ func (d *Docker) managed(ctx context.Context, idOrName string) (Container, error
 	return c, nil
 }
 
-// StartContainer implements Engine.
+// StartContainer implements Engine. A container this engine created is
+// started without an inspect: its id says it is ours, and the daemon
+// answers a start of a running container with success (304). When the
+// daemon cannot start it because its network is gone, the error wraps
+// ErrNetworkMissing and the network is ensured again by the next
+// EnsureNetwork; the container, attached to the network that was, has to
+// be created again.
 func (d *Docker) StartContainer(ctx context.Context, id string) error {
 	ctx, cancel := d.callCtx(ctx, 0)
 	defer cancel()
-	c, err := d.managed(ctx, id)
-	if err != nil {
-		return fmt.Errorf("start container %s: %w", id, err)
+	if !d.created(id) {
+		c, err := d.managed(ctx, id)
+		if err != nil {
+			return fmt.Errorf("start container %s: %w", id, err)
+		}
+		if c.Running {
+			return nil
+		}
+		id = c.ID
 	}
-	if c.Running {
-		return nil
-	}
-	if _, err := d.cli.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
+	if _, err := d.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		if networkGone(err) {
+			d.forgetNetworks()
+			return fmt.Errorf("start container %s: %w: %w", id, ErrNetworkMissing, mapErr(err))
+		}
 		return fmt.Errorf("start container %s: %w", id, mapErr(err))
 	}
 	return nil

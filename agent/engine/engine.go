@@ -15,8 +15,9 @@
 //   - Every container the agent creates carries [LabelManaged]="true",
 //     [LabelHost], [LabelGame] and [LabelJob]. Every mutating call first
 //     inspects its target and refuses ([ErrNotManaged]) a container that does
-//     not carry LabelManaged="true" and this engine's host id. Mutations are
-//     then addressed by the inspected container id, never by name.
+//     not carry LabelManaged="true" and this engine's host id (a start of a
+//     container this engine created needs no inspect for that: its id says
+//     so). Mutations are then addressed by the container id, never by name.
 //   - Engine containers run unprivileged (see [Docker.CreateContainer]).
 //   - Operations are idempotent so that at-least-once job delivery is safe:
 //     creating an existing container of ours adopts it, starting a running
@@ -78,6 +79,13 @@ var (
 	ErrRegistryAuth = errors.New("registry refused the credentials")
 	// ErrPullTimeout: a pull did not finish within Options.PullTimeout.
 	ErrPullTimeout = errors.New("image pull timed out")
+	// ErrImageMissing: the daemon does not have the image a container
+	// was to be created from (removed since it was made present). The
+	// engine has forgotten it had it: EnsureImage pulls it again.
+	ErrImageMissing = errors.New("image is no longer on the host")
+	// ErrNetworkMissing: the network a container needs is gone. The
+	// engine has forgotten it: EnsureNetwork creates it again.
+	ErrNetworkMissing = errors.New("network is no longer on the host")
 )
 
 // Engine is the part of Docker the rest of rtmanager depends on. All

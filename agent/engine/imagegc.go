@@ -94,6 +94,8 @@ func (d *Docker) ImageID(ctx context.Context, ref string) (string, error) {
 func (d *Docker) RemoveImage(ctx context.Context, ref string) (deleted bool, err error) {
 	ctx, cancel := d.callCtx(ctx, 0)
 	defer cancel()
+	// Whatever the outcome, EnsureImage must look at the daemon again.
+	defer d.forgetImages()
 	res, err := d.cli.ImageRemove(ctx, ref, client.ImageRemoveOptions{PruneChildren: true})
 	switch {
 	case cerrdefs.IsNotFound(err):

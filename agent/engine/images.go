@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -99,8 +100,16 @@ func (d *Docker) EnsureImage(ctx context.Context, ref string) (Image, error) {
 	if err != nil {
 		return Image{}, fmt.Errorf("pull image %s: %w: %w", ref, ErrInvalidSpec, err)
 	}
-	if !AlwaysPull(ref) {
+	cacheable := !AlwaysPull(ref)
+	gen := d.images.generation()
+	if cacheable {
+		if img, ok := d.images.get(ref); ok {
+			return img, nil
+		}
 		img, err := d.inspectImage(ctx, ref, named)
+		if err == nil {
+			d.images.put(gen, ref, img)
+		}
 		if err == nil || !errors.Is(err, ErrNotFound) {
 			return img, err
 		}
@@ -136,11 +145,69 @@ func (d *Docker) EnsureImage(ctx context.Context, ref string) (Image, error) {
 	if err != nil {
 		return Image{}, fmt.Errorf("inspect image %s after its pull: %w", ref, err)
 	}
+	if cacheable {
+		d.images.put(gen, ref, img)
+	}
 	if stats.Bytes == 0 && stats.Layers > 0 {
 		stats.Bytes = img.Size
 	}
 	img.Pull = stats
 	return img, nil
+}
+
+// imageCache holds the images EnsureImage found present, by reference,
+// so that a job whose image is known pays for no image request. Only
+// references that are not pulled every time are kept ("latest" always
+// is: see AlwaysPull). It is emptied when an image goes: by the engine's
+// own RemoveImage (image garbage collection), and when a create finds
+// the image missing (removed by someone else), so the job pulls it
+// again. A removal while a lookup is under way bumps the generation, and
+// the lookup's result is not kept.
+type imageCache struct {
+	mu    sync.Mutex
+	gen   uint64
+	byRef map[string]Image
+}
+
+func (c *imageCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+func (c *imageCache) get(ref string) (Image, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	img, ok := c.byRef[ref]
+	return img, ok
+}
+
+// put keeps img for ref unless images were forgotten since gen.
+func (c *imageCache) put(gen uint64, ref string, img Image) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
+	if c.byRef == nil {
+		c.byRef = map[string]Image{}
+	}
+	img.Pull = PullStats{}
+	c.byRef[ref] = img
+}
+
+// forgetImages empties the image cache.
+func (d *Docker) forgetImages() {
+	d.images.mu.Lock()
+	defer d.images.mu.Unlock()
+	d.images.gen++
+	clear(d.images.byRef)
+}
+
+// imageGone reports whether the daemon refused a create because it does
+// not have the image.
+func imageGone(err error) bool {
+	return cerrdefs.IsNotFound(err) && strings.Contains(strings.ToLower(err.Error()), "no such image")
 }
 
 // inspectImage returns the local image of ref, ErrNotFound when missing.

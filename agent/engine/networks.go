@@ -25,15 +25,52 @@ import (
 // nothing is attached to them. Two creators that each list before the
 // other's create is visible may both return with a duplicate standing; the
 // next call on that daemon removes it.
+//
+// Once a call has made sure of a network, later calls return at once,
+// without a request: a start job pays for no network check. What is
+// known is forgotten (forgetNetworks) when the daemon answers a create or
+// a start that a network is missing or ambiguous, so the next call looks
+// again — and removes a duplicate, as above.
 func (d *Docker) EnsureNetwork(ctx context.Context, name string) error {
 	if name == "" {
 		return errors.New("ensure network: empty name")
 	}
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
+	if d.netKnown[name] {
+		return nil
+	}
 	ctx, cancel := d.callCtx(ctx, 0)
 	defer cancel()
+	if err := d.ensureNetwork(ctx, name); err != nil {
+		return err
+	}
+	if d.netKnown == nil {
+		d.netKnown = map[string]bool{}
+	}
+	d.netKnown[name] = true
+	return nil
+}
 
+// forgetNetworks drops what EnsureNetwork knows: the next call asks the
+// daemon again.
+func (d *Docker) forgetNetworks() {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	clear(d.netKnown)
+}
+
+// networkGone reports whether the daemon refused a create or start
+// because of the container's network: missing ("network … not found",
+// also when it was removed and created again, as the container names the
+// old one's id), or a name that matches several.
+func networkGone(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "network") && (strings.Contains(msg, "not found") || strings.Contains(msg, "ambiguous"))
+}
+
+// ensureNetwork does EnsureNetwork's work with the daemon (netMu held).
+func (d *Docker) ensureNetwork(ctx context.Context, name string) error {
 	same, err := d.networksNamed(ctx, name)
 	if err != nil {
 		return err

@@ -84,7 +84,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 	created, err := e.createAndStart(ctx, spec)
 	if err == nil {
 		// The old container stays aside until the new one is ready.
-		err = e.awaitReady(ctx, t, created)
+		err = e.awaitReady(ctx, t, created, nil)
 	}
 	if err != nil {
 		err = fmt.Errorf("change the image of game %s: %w", g, err)
@@ -95,7 +95,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 			// Nothing to go back to: the game runs the new image, not
 			// ready, and its record says so with the failure.
 			res.Record, res.Check = e.changedTo(t, created, img.Digest), e.exitedSince(created)
-			return e.gateFailed(res, t, created, err)
+			return e.gateFailed(res, t, created, nil, err)
 		}
 		return res, err
 	}
@@ -111,7 +111,7 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 			return nil
 		}
 	}
-	res.AfterCommit = chain(res.AfterCommit, e.recordHealth(t, created))
+	res.AfterCommit = chain(res.AfterCommit, e.recordHealth(t, created, nil))
 	return res, nil
 }
 
@@ -161,7 +161,7 @@ func (e *Executor) rolledBack(ctx context.Context, t worker.Task, res worker.Res
 		return r, details(outbox.ReasonJobChangeImage, jobID), err
 	}
 	res.Check = e.exitedSince(oldID)
-	res.AfterCommit = e.recordHealth(t, oldID)
+	res.AfterCommit = e.recordHealth(t, oldID, nil)
 	return res, fmt.Errorf("%w; rolled back: container %s of image %s runs again", cause, shortID(old.ID), old.Image)
 }
 
@@ -217,7 +217,7 @@ func (e *Executor) rollback(ctx context.Context, t worker.Task, oldID, newID str
 		log.Error("image change rollback: could not start the old container again", "err", err)
 		return time.Time{}, fmt.Errorf("start the old container %s again: %w", shortID(oldID), err)
 	}
-	runStart, err := e.started(ctx, oldID)
+	runStart, _, err := e.started(ctx, oldID)
 	if err != nil {
 		return time.Time{}, err
 	}

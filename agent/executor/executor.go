@@ -233,16 +233,17 @@ func details(reason outbox.Reason, jobID int64) outbox.TransitionDetails {
 }
 
 // started returns the daemon's start time of the run the job just began in
-// container id, read back from Docker.
-func (e *Executor) started(ctx context.Context, id string) (time.Time, error) {
+// container id, read back from Docker, and that look at the container (the
+// readiness wait starts from it).
+func (e *Executor) started(ctx context.Context, id string) (time.Time, *engine.Container, error) {
 	c, err := e.eng.InspectContainer(ctx, id)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("read the start time of container %s: %w", id, engineErr(err))
+		return time.Time{}, nil, fmt.Errorf("read the start time of container %s: %w", id, engineErr(err))
 	}
 	if c.StartedAt.IsZero() {
-		return time.Time{}, fmt.Errorf("container %s reports no start time", id)
+		return time.Time{}, nil, fmt.Errorf("container %s reports no start time", id)
 	}
-	return c.StartedAt.UTC().Truncate(time.Microsecond), nil
+	return c.StartedAt.UTC().Truncate(time.Microsecond), &c, nil
 }
 
 // endedSince reports whether a record bound to the job's container already
@@ -310,7 +311,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 			// Already what was asked for: succeed without change once
 			// it is ready (the record names it: the watcher follows its
 			// health).
-			if err := e.awaitReady(ctx, t, c.ID); err != nil {
+			if err := e.awaitReady(ctx, t, c.ID, &c); err != nil {
 				return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
 			}
 			return worker.Result{}, nil
@@ -329,7 +330,7 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		return worker.Result{}, fmt.Errorf("start game %s: %w", g, err)
 	}
 	spec := e.containerSpec(t, image, mount, t.Spec.Env, t.Spec.Limits)
-	c, err := e.eng.CreateContainer(ctx, spec)
+	c, err := e.createContainer(ctx, spec, &img)
 	if err != nil {
 		return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
 	}
@@ -342,15 +343,15 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return worker.Result{}, fmt.Errorf("start game %s: replace its stopped container of image %s: %w", g, c.Image, engineErr(err))
 		}
-		if c, err = e.eng.CreateContainer(ctx, spec); err != nil {
+		if c, err = e.createContainer(ctx, spec, &img); err != nil {
 			return worker.Result{}, fmt.Errorf("start game %s: %w", g, engineErr(err))
 		}
 	}
 	res := worker.Result{ImageDigest: img.Digest}
-	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
+	if c, err = e.startContainer(ctx, t, spec, c); err != nil {
 		return res, fmt.Errorf("start game %s: %w", g, engineErr(err))
 	}
-	runStart, err := e.started(ctx, c.ID)
+	runStart, seen, err := e.started(ctx, c.ID)
 	if err != nil {
 		return res, fmt.Errorf("start game %s: %w", g, err)
 	}
@@ -380,10 +381,10 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 		return r.WithImageDigest(digest), d, err
 	}
 	res.Check = e.exitedSince(id)
-	if err := e.awaitReady(ctx, t, id); err != nil {
-		return e.gateFailed(res, t, id, fmt.Errorf("start game %s: %w", g, err))
+	if err := e.awaitReady(ctx, t, id, seen); err != nil {
+		return e.gateFailed(res, t, id, seen, fmt.Errorf("start game %s: %w", g, err))
 	}
-	res.AfterCommit = e.recordHealth(t, id)
+	res.AfterCommit = e.recordHealth(t, id, seen)
 	return res, nil
 }
 
@@ -392,12 +393,53 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 // the failure, so the record says what is true (the job started the
 // engine; its health, or its exit through Check). An interrupted wait
 // keeps res unrecorded, as any interrupted job does.
-func (e *Executor) gateFailed(res worker.Result, t worker.Task, id string, err error) (worker.Result, error) {
+func (e *Executor) gateFailed(res worker.Result, t worker.Task, id string, seen *engine.Container, err error) (worker.Result, error) {
 	if !errors.Is(err, job.ErrNotReady) {
 		return worker.Result{ImageDigest: res.ImageDigest}, err
 	}
-	res.AfterCommit = chain(res.AfterCommit, e.recordHealth(t, id))
+	res.AfterCommit = chain(res.AfterCommit, e.recordHealth(t, id, seen))
 	return res, err
+}
+
+// createContainer creates the job's container from img. The engine
+// takes an image it made present to stay so; when the daemon no longer
+// has it (removed since, by someone other than this agent's image
+// collector, which tells the engine), the engine has forgotten it and the
+// image is made present again — pulled — for a second create.
+func (e *Executor) createContainer(ctx context.Context, spec engine.ContainerSpec, img *engine.Image) (engine.Container, error) {
+	c, err := e.eng.CreateContainer(ctx, spec)
+	if !errors.Is(err, engine.ErrImageMissing) {
+		return c, err
+	}
+	again, err := e.ensureImage(ctx, spec.Image)
+	if err != nil {
+		return engine.Container{}, err
+	}
+	*img = again
+	return e.eng.CreateContainer(ctx, spec)
+}
+
+// startContainer starts the job's container c. One whose network is gone
+// (removed under the agent: the container names the network that was)
+// cannot start; it holds nothing of the game's (the state is in the
+// bind-mounted directory), so it is replaced by one on the network made
+// again.
+func (e *Executor) startContainer(ctx context.Context, t worker.Task, spec engine.ContainerSpec, c engine.Container) (engine.Container, error) {
+	err := e.eng.StartContainer(ctx, c.ID)
+	if !errors.Is(err, engine.ErrNetworkMissing) || t.Network == "" {
+		return c, err
+	}
+	e.log.Warn("the game's container names a network that is gone; creating it again", "game_id", t.Spec.GameID, "network", t.Network, "container_id", c.ID)
+	if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
+		return c, fmt.Errorf("remove container %s, whose network is gone: %w", c.ID, err)
+	}
+	if err := e.eng.EnsureNetwork(ctx, t.Network); err != nil {
+		return c, fmt.Errorf("ensure network %s: %w", t.Network, err)
+	}
+	if c, err = e.eng.CreateContainer(ctx, spec); err != nil {
+		return c, err
+	}
+	return c, e.eng.StartContainer(ctx, c.ID)
 }
 
 // stop stops the game's container gracefully.
@@ -467,7 +509,7 @@ func (e *Executor) restart(ctx context.Context, t worker.Task, rec runtime.Runti
 		}
 		return res, fmt.Errorf("restart game %s: %w", g, engineErr(err))
 	}
-	runStart, err := e.started(ctx, id)
+	runStart, seen, err := e.started(ctx, id)
 	if err != nil {
 		return res, fmt.Errorf("restart game %s: %w", g, err)
 	}
@@ -484,10 +526,10 @@ func (e *Executor) restart(ctx context.Context, t worker.Task, rec runtime.Runti
 		return r, details(outbox.ReasonJobRestart, jobID), err
 	}
 	res.Check = e.exitedSince(id)
-	if err := e.awaitReady(ctx, t, id); err != nil {
-		return e.gateFailed(res, t, id, fmt.Errorf("restart game %s: %w", g, err))
+	if err := e.awaitReady(ctx, t, id, seen); err != nil {
+		return e.gateFailed(res, t, id, seen, fmt.Errorf("restart game %s: %w", g, err))
 	}
-	res.AfterCommit = e.recordHealth(t, id)
+	res.AfterCommit = e.recordHealth(t, id, seen)
 	return res, nil
 }
 

@@ -41,11 +41,14 @@ const (
 
 // awaitReady waits until container id, when it has a health check (the
 // image's or the payload's), is healthy: it returns nil at once for a
-// container without one, running or not. It fails with job.ErrNotReady (permanent) when
-// the engine turns unhealthy, exits, or is still starting after
-// t.Spec.ReadyTimeout, quoting the last probe's output; it returns the
-// context's error, not permanent, when the job is interrupted.
-func (e *Executor) awaitReady(ctx context.Context, t worker.Task, id string) error {
+// container without one, running or not. It fails with job.ErrNotReady
+// (permanent) when the engine turns unhealthy, exits, or is still starting
+// after t.Spec.ReadyTimeout, quoting the last probe's output; it returns
+// the context's error, not permanent, when the job is interrupted. seen,
+// when not nil, is a look at the container taken since it started: it
+// stands for the first inspect (a warm start without a health check then
+// costs no Docker call here).
+func (e *Executor) awaitReady(ctx context.Context, t worker.Task, id string, seen *engine.Container) error {
 	timeout := t.Spec.ReadyTimeout
 	if timeout <= 0 {
 		timeout = job.DefaultReadyTimeoutSeconds * time.Second
@@ -55,7 +58,13 @@ func (e *Executor) awaitReady(ctx context.Context, t worker.Task, id string) err
 	defer deadline.Stop()
 	b := retry.Backoff(readyPollMin, readyPollMax)
 	for {
-		c, err := e.eng.InspectContainer(ctx, id)
+		var c engine.Container
+		var err error
+		if seen != nil {
+			c, seen = *seen, nil
+		} else {
+			c, err = e.eng.InspectContainer(ctx, id)
+		}
 		if err != nil {
 			if errors.Is(err, engine.ErrNotFound) {
 				return job.Permanent(fmt.Errorf("%w: container %s is gone before it was healthy", job.ErrNotReady, shortID(id)))
@@ -141,9 +150,9 @@ func probeOutput(s string) string {
 // set to none. Inspecting at this moment keeps the window small in which
 // a health_status event applied after the commit could be overwritten by
 // an older look; the relist repairs what slips through.
-func (e *Executor) recordHealth(t worker.Task, id string) func(context.Context) error {
-	if e.cfg.Health == nil {
-		return nil
+func (e *Executor) recordHealth(t worker.Task, id string, seen *engine.Container) func(context.Context) error {
+	if e.cfg.Health == nil || (seen != nil && !seen.HasHealthcheck) {
+		return nil // no health to tell: a container's health check is fixed at its creation
 	}
 	return func(ctx context.Context) error {
 		c, err := e.eng.InspectContainer(ctx, id)
