@@ -388,15 +388,14 @@ func (e *Executor) start(ctx context.Context, t worker.Task, rec *runtime.Runtim
 	return res, nil
 }
 
-// gateFailed is the outcome of a job whose engine runs (or ran) but was
-// not ready: the job fails for good, and its record change commits with
-// the failure, so the record says what is true (the job started the
-// engine; its health, or its exit through Check). An interrupted wait
-// keeps res unrecorded, as any interrupted job does.
+// gateFailed is the outcome of a job whose engine runs (or ran) but whose
+// readiness wait did not end healthy. The record change goes with the
+// error: the worker commits it when the job fails for good (not ready) or
+// is cancelled during the wait, so the record says what is true (the job
+// started the engine; its health, or its exit through Check), and drops
+// it when the job is retried or released, whose next attempt adopts the
+// engine.
 func (e *Executor) gateFailed(res worker.Result, t worker.Task, id string, seen *engine.Container, err error) (worker.Result, error) {
-	if !errors.Is(err, job.ErrNotReady) {
-		return worker.Result{ImageDigest: res.ImageDigest}, err
-	}
 	res.AfterCommit = chain(res.AfterCommit, e.recordHealth(t, id, seen))
 	return res, err
 }

@@ -349,8 +349,52 @@ func TestChangeImageCancelledWhileWaiting(t *testing.T) {
 	if len(cs) != 1 || cs[0].ID != before.CurrentContainerID || cs[0].Name != runtime.ContainerName(g) || !cs[0].Running {
 		t.Fatalf("containers after the cancel: %+v", cs)
 	}
-	if after := e.record(g); after.CurrentContainerID != before.CurrentContainerID || after.CurrentImageRef != e.image || after.Status != runtime.StatusRunning {
+	after := e.record(g)
+	if after.CurrentContainerID != before.CurrentContainerID || after.CurrentImageRef != e.image || after.Status != runtime.StatusRunning {
 		t.Fatalf("record after the cancel %+v", after)
+	}
+	// The old engine was stopped and started again: the cancel commits
+	// that restart, so the record's start time is the engine's.
+	if !after.StartedAt.After(*before.StartedAt) {
+		t.Fatalf("record's start time after the cancel %v, before %v: the old engine's new run is not recorded", after.StartedAt, before.StartedAt)
+	}
+	want := []string{"runtime.running:job_start", "job.succeeded", "runtime.running:job_change_image", "job.cancelled"}
+	if got := e.events(g); !slices.Equal(got, want) {
+		t.Fatalf("events:\n got %v\nwant %v", got, want)
+	}
+}
+
+// TestStartCancelledWhileWaiting: a start cancelled while it waits for
+// its engine to be healthy ends cancelled, and the record says what is
+// true: the engine it started runs (job_start), as the Game Master's
+// cancel came too late to prevent it.
+func TestStartCancelledWhileWaiting(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	img := e.healthyImage()
+	e.run()
+	const g = "late"
+	hc := `"healthcheck": {"command": ["/engine", "healthcheck"], "interval_ms": 200, "start_period_ms": 600000}`
+	id := e.insert(g, "start", payload(img, `"env": {"ENGINE_HEALTH": "never"}`, hc, `"ready_timeout_seconds": 600`))
+	wait.For(t, time.Minute, "the engine to be starting", func() bool {
+		cs := e.containers(g)
+		return len(cs) == 1 && cs[0].Running && cs[0].Health == "starting"
+	})
+	if _, err := e.store.Pool().Exec(context.Background(), `UPDATE jobs SET cancel_requested_at = now() WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if j := e.finished(id); j.Status != job.StatusCancelled {
+		t.Fatalf("job ended %s: %q", j.Status, j.LastError)
+	}
+	rec := e.record(g)
+	cs := e.containers(g)
+	if rec.Status != runtime.StatusRunning || len(cs) != 1 || rec.CurrentContainerID != cs[0].ID || rec.CurrentImageRef != img {
+		t.Fatalf("after the cancelled start: record %+v, containers %+v", rec, cs)
+	}
+	e.waitHealth(g, runtime.HealthStarting)
+	want := []string{"runtime.running:job_start", "job.cancelled", "runtime.health:reconcile_health"}
+	if got := e.events(g); !slices.Equal(got, want) {
+		t.Fatalf("events:\n got %v\nwant %v", got, want)
 	}
 }
 

@@ -92,12 +92,28 @@ func (w *Worker) runJob(r *running) {
 			w.failOrRetry(r, log, job.Permanent(r.lastFinishErr), maxAttempts, Result{})
 		}
 	case errors.Is(cause, errCancelRequested):
-		w.finish(r, log, db.Outcome{Status: job.StatusCancelled, Error: truncate("cancelled while running: " + err.Error())}, nil)
+		w.endWith(r, log, db.Outcome{Status: job.StatusCancelled, Error: truncate("cancelled while running: " + err.Error())}, res)
 	case errors.Is(cause, errDraining):
 		w.release(r, log, err)
 	default:
 		w.failOrRetry(r, log, err, maxAttempts, res)
 	}
+}
+
+// endWith records the end o (failed or cancelled) of a job that did not
+// succeed, with the record change res carries, if any, and its Check and
+// AfterCommit: an engine the job started runs whatever the job's end (one
+// not ready, one whose readiness wait was cancelled; see Result.Record).
+// Should the change be refused, the end is recorded without it.
+func (w *Worker) endWith(r *running, log *slog.Logger, o db.Outcome, res Result) {
+	if res.Record != nil || res.Check != nil {
+		with := o
+		with.Record, with.Check = res.Record, res.Check
+		if w.finish(r, log, with, res.AfterCommit) || r.lastFinishErr == nil || r.lost() {
+			return
+		}
+	}
+	w.finish(r, log, o, nil)
 }
 
 // execute calls the executor and turns a panic into an error, so one bad
@@ -113,11 +129,7 @@ func (w *Worker) execute(ctx context.Context, t Task) (res Result, err error) {
 }
 
 // failOrRetry fails the job for good when err is permanent or the attempts
-// are used up, and requeues it with backoff otherwise. A failure for good
-// commits the record change res carries, if any, with its Check and
-// AfterCommit (a job whose engine started but was not ready, see
-// Result.Record); should the change be refused, the failure is recorded
-// without it.
+// are used up (see endWith), and requeues it with backoff otherwise.
 func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempts int, res Result) {
 	j := r.job
 	msg := truncate(err.Error())
@@ -125,15 +137,7 @@ func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempt
 		if !job.IsPermanent(err) {
 			msg = truncate(fmt.Sprintf("attempt %d of %d: %s", j.Attempt, maxAttempts, err))
 		}
-		failed := db.Outcome{Status: job.StatusFailed, Error: msg}
-		if res.Record != nil || res.Check != nil {
-			with := failed
-			with.Record, with.Check = res.Record, res.Check
-			if w.finish(r, log, with, res.AfterCommit) || r.lastFinishErr == nil || r.lost() {
-				return
-			}
-		}
-		w.finish(r, log, failed, nil)
+		w.endWith(r, log, db.Outcome{Status: job.StatusFailed, Error: msg}, res)
 		return
 	}
 	delay := retry.Nth(w.cfg.RetryBaseDelay, w.cfg.RetryMaxDelay, j.Attempt)

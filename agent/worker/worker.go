@@ -50,8 +50,10 @@ type Result struct {
 	// Record is the record transition the work caused; the worker commits
 	// it with the job's final state, or nothing at all. Nil: no change.
 	// Returned with an error, it commits (with Check and AfterCommit) only
-	// if the job fails for good: an engine that started but was not
-	// ready is running, and the record says so beside the failure.
+	// if the job fails for good or is cancelled: an engine that started
+	// but was not ready, or whose wait was cancelled, is running, and the
+	// record says so beside the job's end. A retried or released job
+	// drops it (the next attempt adopts the engine).
 	Record db.Decision
 	// Check, when set, is committed with the succeeded outcome (or with
 	// a failure that commits Record), after it: a look at the container
