@@ -81,7 +81,8 @@ func (e *Executor) changeImage(ctx context.Context, t worker.Task, rec *runtime.
 	}
 
 	spec := e.containerSpec(t, image, mount, t.Spec.Env, t.Spec.Limits)
-	created, err := e.createAndStart(ctx, spec)
+	created, err := e.createAndStart(ctx, t, spec, &img)
+	res.ImageDigest = img.Digest
 	if err == nil {
 		// The old container stays aside until the new one is ready.
 		err = e.awaitReady(ctx, t, created, nil)
@@ -165,10 +166,13 @@ func (e *Executor) rolledBack(ctx context.Context, t worker.Task, res worker.Res
 	return res, fmt.Errorf("%w; rolled back: container %s of image %s runs again", cause, shortID(old.ID), old.Image)
 }
 
-// createAndStart creates (or adopts) the new container and starts it. It
-// returns the id of the container it created, also on error ("" if none).
-func (e *Executor) createAndStart(ctx context.Context, spec engine.ContainerSpec) (string, error) {
-	c, err := e.eng.CreateContainer(ctx, spec)
+// createAndStart creates (or adopts) the new container and starts it, as a
+// start does (createContainer pulls an image removed under the engine,
+// startContainer makes a network removed under it again), so a change
+// recovers within its attempt. It returns the id of the container it
+// created, also on error ("" if none).
+func (e *Executor) createAndStart(ctx context.Context, t worker.Task, spec engine.ContainerSpec, img *engine.Image) (string, error) {
+	c, err := e.createContainer(ctx, spec, img)
 	if err != nil {
 		return "", engineErr(err)
 	}
@@ -180,11 +184,11 @@ func (e *Executor) createAndStart(ctx context.Context, spec engine.ContainerSpec
 		if err := e.eng.RemoveContainer(ctx, c.ID); err != nil {
 			return "", engineErr(err)
 		}
-		if c, err = e.eng.CreateContainer(ctx, spec); err != nil {
+		if c, err = e.createContainer(ctx, spec, img); err != nil {
 			return "", engineErr(err)
 		}
 	}
-	if err := e.eng.StartContainer(ctx, c.ID); err != nil {
+	if c, err = e.startContainer(ctx, t, spec, c); err != nil {
 		return c.ID, engineErr(err)
 	}
 	return c.ID, nil

@@ -263,6 +263,35 @@ func TestStartStoppedGameAfterNetworkRemoved(t *testing.T) {
 	t.Logf("started in %d attempt(s)", j.Attempt)
 }
 
+// An image change of a stopped game whose network was removed creates the
+// new container on the network made again, in the same attempt: the new
+// container cannot start on the network that was, and the change replaces
+// it as a start does.
+func TestChangeImageAfterNetworkRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	img := e.healthyImage()
+	e.run()
+	e.succeeded(e.insert("moved", "start", startPayload(e.image)))
+	e.succeeded(e.insert("moved", "stop", `{}`))
+	ctx := context.Background()
+	if _, err := e.cli.NetworkRemove(ctx, e.network, client.NetworkRemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	j := e.succeeded(e.insert("moved", "change_image", startPayload(img)))
+	if j.Attempt != 1 {
+		t.Errorf("the image change took %d attempts, want 1", j.Attempt)
+	}
+	rec := e.record("moved")
+	c, err := e.cli.ContainerInspect(ctx, rec.CurrentContainerID, client.ContainerInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Status != "running" || rec.CurrentImageRef != img || c.Container.NetworkSettings.Networks[e.network] == nil || !c.Container.State.Running {
+		t.Fatalf("after the change: record %s of %s, container on %v", rec.Status, rec.CurrentImageRef, c.Container.NetworkSettings.Networks)
+	}
+}
+
 // The engine takes an image it made present to stay so. When it goes —
 // removed by someone else, or by the agent's own image collection — the
 // next start of that image still succeeds, in one attempt, with the image
