@@ -31,13 +31,7 @@ import (
 // same run, or better, BenchmarkStartJobPaired.
 func BenchmarkStartJob(b *testing.B) {
 	e := newEnv(b)
-	cfg := e.workerConfig("owner-bench")
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	w := worker.New(e.store, e.executor(), e.intents, cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	w := e.benchWorker(b)
 	// Warm up: the network exists and the image is present afterwards.
 	e.succeeded(e.insert("warm", "start", startPayload(e.image)))
 	b.ResetTimer()
@@ -72,13 +66,7 @@ func BenchmarkRawDockerCreateStart(b *testing.B) {
 // the pair.
 func BenchmarkStartJobPaired(b *testing.B) {
 	e := newEnv(b)
-	cfg := e.workerConfig("owner-bench")
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	w := worker.New(e.store, e.executor(), e.intents, cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	w := e.benchWorker(b)
 	e.succeeded(e.insert("warm", "start", startPayload(e.image)))
 	r := newRaw(b)
 	r.createStart(b, r.game(-1), 1)
@@ -293,4 +281,17 @@ func BenchmarkColdPullStart(b *testing.B) {
 		}
 		b.StopTimer()
 	})
+}
+
+// benchWorker runs a quiet worker on e's executor until the benchmark
+// ends.
+func (e *env) benchWorker(b *testing.B) *worker.Worker {
+	cfg := e.workerConfig("owner-bench")
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	w := worker.New(e.store, e.executor(), e.intents, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	return w
 }

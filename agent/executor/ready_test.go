@@ -118,10 +118,7 @@ func TestStartWaitsUntilHealthy(t *testing.T) {
 		t.Fatalf("the image's HEALTHCHECK is not seen on its container: %+v, %v", c, err)
 	}
 	e.waitHealth(g, runtime.HealthHealthy)
-	want := []string{"runtime.running:job_start", "job.succeeded", "runtime.health:reconcile_health"}
-	if got := e.events(g); !slices.Equal(got, want) {
-		t.Fatalf("events:\n got %v\nwant %v", got, want)
-	}
+	e.wantEvents(g, "runtime.running:job_start", "job.succeeded", "runtime.health:reconcile_health")
 }
 
 // TestStartNeverHealthyFails: an engine whose health check fails turns
@@ -142,10 +139,7 @@ func TestStartNeverHealthyFails(t *testing.T) {
 		t.Fatalf("after the failed start: record %+v, containers %+v", rec, cs)
 	}
 	e.waitHealth(g, runtime.HealthUnhealthy)
-	want := []string{"runtime.running:job_start", "job.failed", "runtime.health:reconcile_health"}
-	if got := e.events(g); !slices.Equal(got, want) {
-		t.Fatalf("events:\n got %v\nwant %v", got, want)
-	}
+	e.wantEvents(g, "runtime.running:job_start", "job.failed", "runtime.health:reconcile_health")
 	if id := e.eventField(g, "runtime.running", "job_id"); id != fmt.Sprint(j.ID) {
 		t.Fatalf("the start's transition names job %q, want %d", id, j.ID)
 	}
@@ -168,10 +162,7 @@ func TestStartCrashBeforeHealthy(t *testing.T) {
 	if rec.Status != runtime.StatusStopped || rec.CurrentImageRef != img {
 		t.Fatalf("record %+v", rec)
 	}
-	want := []string{"runtime.running:job_start", "job.failed", "runtime.stopped:observed_die"}
-	if got := e.events(g); !slices.Equal(got, want) {
-		t.Fatalf("events:\n got %v\nwant %v", got, want)
-	}
+	e.wantEvents(g, "runtime.running:job_start", "job.failed", "runtime.stopped:observed_die")
 	rs, err := e.store.CrashReports(context.Background(), g, 10)
 	if err != nil || len(rs) != 1 || rs[0].ExitCode == nil || *rs[0].ExitCode != 5 {
 		t.Fatalf("crash reports %+v, %v", rs, err)
@@ -309,10 +300,7 @@ func (e *env) checkRolledBack(g string, before runtime.RuntimeRecord) {
 		after.CurrentImageDigest != before.CurrentImageDigest || !after.StartedAt.After(*before.StartedAt) {
 		e.t.Fatalf("record after the rollback %+v (before %+v)", after, before)
 	}
-	want := []string{"runtime.running:job_start", "job.succeeded", "runtime.running:job_change_image", "job.failed"}
-	if got := e.events(g); !slices.Equal(got, want) {
-		e.t.Fatalf("events:\n got %v\nwant %v", got, want)
-	}
+	e.wantEvents(g, "runtime.running:job_start", "job.succeeded", "runtime.running:job_change_image", "job.failed")
 	if id, img := e.eventField(g, "runtime.running", "container_id"), e.eventField(g, "runtime.running", "image_ref"); id != before.CurrentContainerID || img != e.image {
 		e.t.Fatalf("the last runtime.running names container %s of %s, want the old %s of %s", id, img, before.CurrentContainerID, e.image)
 	}
@@ -358,10 +346,7 @@ func TestChangeImageCancelledWhileWaiting(t *testing.T) {
 	if !after.StartedAt.After(*before.StartedAt) {
 		t.Fatalf("record's start time after the cancel %v, before %v: the old engine's new run is not recorded", after.StartedAt, before.StartedAt)
 	}
-	want := []string{"runtime.running:job_start", "job.succeeded", "runtime.running:job_change_image", "job.cancelled"}
-	if got := e.events(g); !slices.Equal(got, want) {
-		t.Fatalf("events:\n got %v\nwant %v", got, want)
-	}
+	e.wantEvents(g, "runtime.running:job_start", "job.succeeded", "runtime.running:job_change_image", "job.cancelled")
 }
 
 // TestStartCancelledWhileWaiting: a start cancelled while it waits for
@@ -392,10 +377,7 @@ func TestStartCancelledWhileWaiting(t *testing.T) {
 		t.Fatalf("after the cancelled start: record %+v, containers %+v", rec, cs)
 	}
 	e.waitHealth(g, runtime.HealthStarting)
-	want := []string{"runtime.running:job_start", "job.cancelled", "runtime.health:reconcile_health"}
-	if got := e.events(g); !slices.Equal(got, want) {
-		t.Fatalf("events:\n got %v\nwant %v", got, want)
-	}
+	e.wantEvents(g, "runtime.running:job_start", "job.cancelled", "runtime.health:reconcile_health")
 }
 
 // TestRestartNotReadyFails: a restart of an engine that does not become
@@ -418,12 +400,18 @@ func TestRestartNotReadyFails(t *testing.T) {
 		t.Fatalf("record after the failed restart %+v (before %+v)", rec, first)
 	}
 	e.waitHealth(g, runtime.HealthStarting)
-	want := []string{"runtime.running:job_start", "job.failed", "runtime.health:reconcile_health",
-		"runtime.running:job_restart", "job.failed", "runtime.health:reconcile_health"}
-	if got := e.events(g); !slices.Equal(got, want) {
-		t.Fatalf("events:\n got %v\nwant %v", got, want)
-	}
+	e.wantEvents(g, "runtime.running:job_start", "job.failed", "runtime.health:reconcile_health",
+		"runtime.running:job_restart", "job.failed", "runtime.health:reconcile_health")
 	if id := e.eventField(g, "runtime.running", "job_id"); id != fmt.Sprint(j.ID) {
 		t.Fatalf("the restart's transition names job %q, want %d", id, j.ID)
+	}
+}
+
+// wantEvents fails unless the game's outbox holds exactly want, in order
+// (type:reason, see events).
+func (e *env) wantEvents(gameID string, want ...string) {
+	e.t.Helper()
+	if got := e.events(gameID); !slices.Equal(got, want) {
+		e.t.Fatalf("events of game %s:\n got %v\nwant %v", gameID, got, want)
 	}
 }
