@@ -36,19 +36,24 @@ SELECT * FROM jobs WHERE id = $1;
 -- There is always exactly one row of queue state; the claimed jobs are
 -- joined to it, so a claim of nothing returns one row with a NULL id.
 --
--- Cost: the candidates come from jobs_claim_idx (host_id, id) WHERE status
--- = 'queued', in its order, so finished jobs are never read. The host is
--- compared as ANY of a one-element array and the order is (host_id, id) so
--- that no other index can give that order: with the primary key (id order,
--- every row) the planner would read each finished row before the queued
--- ones whenever its statistics were taken with a full queue. The claimed
--- rows are then updated through the primary key by id (a join would hash
--- the whole table).
+-- Cost: the candidates come from jobs_head_idx (host_id, id) WHERE status
+-- = 'queued' AND is_head, in its order, so neither finished jobs nor jobs
+-- waiting behind their game's head are read (migration 000010 keeps
+-- is_head). is_head is a hint that may be spuriously true, never falsely
+-- false, so the "no earlier unfinished job" guard stays, run over the
+-- candidates only. The host is compared as ANY of a one-element array and
+-- the order is (host_id, id) so that no other index can give that order:
+-- with the primary key (id order, every row) the planner would read each
+-- finished row before the queued ones whenever its statistics were taken
+-- with a full queue. The claimed rows are then updated through the
+-- primary key by id (a join would hash the whole table). The next due
+-- time reads jobs_head_due_idx, the heads again.
 WITH candidates AS (
     SELECT j.id
     FROM jobs j
     WHERE j.host_id = ANY(ARRAY[sqlc.arg(host_id)::text])
       AND j.status = 'queued'
+      AND j.is_head
       AND j.run_after <= now()
       AND j.cancel_requested_at IS NULL
       AND NOT EXISTS (
@@ -78,6 +83,7 @@ queue AS (
          FROM jobs n
          WHERE n.host_id = sqlc.arg(host_id)
            AND n.status = 'queued'
+           AND n.is_head
            AND n.run_after > now()
            AND n.cancel_requested_at IS NULL
            AND NOT EXISTS (

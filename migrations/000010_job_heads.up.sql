@@ -1,0 +1,181 @@
+-- The claim reads only the jobs that head their game's line.
+--
+-- Before, the claim read every queued job of its host in id order and
+-- probed each for an earlier unfinished job of its game: jobs waiting
+-- behind their game's head cost every claim (20,000 probes to find 100
+-- heads). Now each job carries is_head, and the claim indexes cover only
+-- queued heads, so a claim costs its batch whatever waits behind.
+--
+-- is_head is a hint that may be true where it should not be (the claim
+-- keeps its "no earlier unfinished job" guard, now over the candidates
+-- only, so order holds) but is never false on the lowest unfinished job of
+-- a game once the writes that concern it have committed (or that job would
+-- wait forever). Triggers keep it, so the Game Master's INSERT and UPDATE
+-- stay as the contract writes them:
+--
+-- * An insert is the head unless an earlier unfinished job of its game is
+--   visible. The race to close: an insert that sees an earlier job still
+--   unfinished while that job's finish, not yet committed, looks for the
+--   next job to promote and cannot see the insert. Both sides therefore
+--   lock the game's row in job_lines. An insert decides "not the head"
+--   only while it holds the row FOR SHARE (taken with SKIP LOCKED, so an
+--   insert never waits for a finish: a locked row makes the insert the
+--   head, which is safe); the finish that promotes takes it FOR UPDATE,
+--   so it waits for every insert that decided "not the head" against it
+--   to commit, and then, reading afresh, sees them. Row locks live in the
+--   rows, not the lock table, so a 50,000-row INSERT stays possible.
+-- * A job that becomes running (or queued again, or unfinished again) is
+--   the head: running is what a head does.
+-- * When a head finishes or is deleted, the next unfinished job of its
+--   game (the first after it in id order, an O(1) index step) becomes the
+--   head. A job that was not the head finishing changes nothing: the
+--   lowest unfinished job is still the same, and still marked.
+--
+-- Promoters of one game serialise on the job_lines row (and the agent's
+-- finishes on the game's advisory lock before that).
+--
+-- In REPEATABLE READ or SERIALIZABLE a statement does not read afresh
+-- after its lock, so an insert there is always the head (the guard keeps
+-- the order).
+--
+-- The trigger functions are SECURITY DEFINER: the Game Master's role may
+-- insert jobs but has no rights on job_lines.
+
+-- ACCESS EXCLUSIVE until the migration commits: no job is inserted or
+-- finished unseen by the backfill below.
+ALTER TABLE jobs ADD COLUMN is_head boolean NOT NULL DEFAULT false;
+
+-- One row per game, made the first time an insert must hold it (to say
+-- "not the head") or a head of the game finishes, and kept: what inserts
+-- and promotions lock. Games with unfinished jobs get theirs here.
+CREATE TABLE job_lines (
+    game_id text PRIMARY KEY
+);
+
+INSERT INTO job_lines (game_id)
+SELECT DISTINCT game_id FROM jobs WHERE status IN ('queued', 'running');
+
+UPDATE jobs SET is_head = true
+WHERE id IN (
+    SELECT DISTINCT ON (game_id) id
+    FROM jobs
+    WHERE status IN ('queued', 'running')
+    ORDER BY game_id, id
+);
+
+CREATE FUNCTION rtm_jobs_head_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.status NOT IN ('queued', 'running') THEN
+        NEW.is_head := false;
+        RETURN NEW;
+    END IF;
+    IF NEW.status = 'running'
+       OR current_setting('transaction_isolation') <> 'read committed' THEN
+        NEW.is_head := true;
+        RETURN NEW;
+    END IF;
+    PERFORM 1 FROM job_lines WHERE game_id = NEW.game_id FOR SHARE SKIP LOCKED;
+    IF NOT FOUND THEN
+        -- No line to hold (a game without one yet), or a finish of this
+        -- game is promoting right now: the head unless an earlier job is
+        -- seen, and then the head still, unless the line can be made and
+        -- held.
+        IF NOT EXISTS (
+            SELECT 1 FROM jobs e
+            WHERE e.game_id = NEW.game_id
+              AND e.status IN ('queued', 'running')
+              AND e.id < NEW.id
+        ) THEN
+            NEW.is_head := true;
+            RETURN NEW;
+        END IF;
+        -- Waits only for another insert making the same line, as an
+        -- equal idempotency key would; never for a finish.
+        INSERT INTO job_lines (game_id) VALUES (NEW.game_id) ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM job_lines WHERE game_id = NEW.game_id FOR SHARE SKIP LOCKED;
+        IF NOT FOUND THEN
+            NEW.is_head := true;
+            RETURN NEW;
+        END IF;
+    END IF;
+    -- A fresh snapshot, taken under the lock: a finish that committed
+    -- before it is seen here; one that did not yet lock will see us. Read
+    -- backwards from the new job: in a long line the job just before it is
+    -- unfinished, one index step.
+    NEW.is_head := (
+        SELECT e.id FROM jobs e
+        WHERE e.game_id = NEW.game_id
+          AND e.status IN ('queued', 'running')
+          AND e.id < NEW.id
+        ORDER BY e.id DESC
+        LIMIT 1
+    ) IS NULL;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER jobs_head_insert BEFORE INSERT ON jobs
+    FOR EACH ROW EXECUTE FUNCTION rtm_jobs_head_insert();
+
+-- Same row, no extra write: a job that starts running, is queued again or
+-- becomes unfinished again heads its line.
+CREATE FUNCTION rtm_jobs_head_restart() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.is_head := true;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER jobs_head_restart BEFORE UPDATE OF status ON jobs
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status
+          AND NEW.status IN ('queued', 'running')
+          AND NOT OLD.is_head)
+    EXECUTE FUNCTION rtm_jobs_head_restart();
+
+CREATE FUNCTION rtm_jobs_head_promote() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM 1 FROM job_lines WHERE game_id = OLD.game_id FOR UPDATE;
+    IF NOT FOUND THEN
+        -- A game whose inserts all found its line empty has no row yet
+        -- (inserts make it only to say "not the head"): make it, which
+        -- waits for an insert making it at the same time, and hold it.
+        INSERT INTO job_lines (game_id) VALUES (OLD.game_id) ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM job_lines WHERE game_id = OLD.game_id FOR UPDATE;
+    END IF;
+    UPDATE jobs SET is_head = true
+    WHERE id = (
+        SELECT n.id FROM jobs n
+        WHERE n.game_id = OLD.game_id
+          AND n.status IN ('queued', 'running')
+          AND n.id > OLD.id
+        ORDER BY n.id
+        LIMIT 1
+    )
+      AND NOT is_head;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER jobs_head_finish AFTER UPDATE OF status ON jobs
+    FOR EACH ROW
+    WHEN (OLD.is_head
+          AND OLD.status IN ('queued', 'running')
+          AND NEW.status NOT IN ('queued', 'running'))
+    EXECUTE FUNCTION rtm_jobs_head_promote();
+
+CREATE TRIGGER jobs_head_delete AFTER DELETE ON jobs
+    FOR EACH ROW
+    WHEN (OLD.is_head AND OLD.status IN ('queued', 'running'))
+    EXECUTE FUNCTION rtm_jobs_head_promote();
+
+-- The claim: the queued heads of one host in id order.
+CREATE INDEX jobs_head_idx ON jobs (host_id, id) WHERE status = 'queued' AND is_head;
+-- The claim's "next due": the queued heads of one host in run_after order.
+CREATE INDEX jobs_head_due_idx ON jobs (host_id, run_after) WHERE status = 'queued' AND is_head;
+-- jobs_due_idx (every queued job of a host) stays for the fleet's queue
+-- depth; jobs_claim_idx has no reader left.
+DROP INDEX jobs_claim_idx;
