@@ -1,3 +1,5 @@
+DROP TRIGGER jobs_notify_cancel_held ON jobs;
+DROP FUNCTION rtm_jobs_notify_cancel_held();
 CREATE INDEX jobs_claim_idx ON jobs (host_id, id) WHERE status = 'queued';
 DROP INDEX jobs_head_due_idx;
 DROP INDEX jobs_head_idx;

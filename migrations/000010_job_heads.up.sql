@@ -36,7 +36,8 @@
 --
 -- In REPEATABLE READ or SERIALIZABLE a statement does not read afresh
 -- after its lock, so an insert there is always the head (the guard keeps
--- the order).
+-- the order), and a head's end there is refused (the agent ends jobs in
+-- READ COMMITTED, PostgreSQL's default).
 --
 -- The trigger functions are SECURITY DEFINER: the Game Master's role may
 -- insert jobs but has no rights on job_lines.
@@ -64,7 +65,7 @@ WHERE id IN (
 );
 
 CREATE FUNCTION rtm_jobs_head_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET enable_seqscan = off AS $$
 BEGIN
     IF NEW.status NOT IN ('queued', 'running') THEN
         NEW.is_head := false;
@@ -75,6 +76,11 @@ BEGIN
         NEW.is_head := true;
         RETURN NEW;
     END IF;
+    -- The probes below compare (game_id, id) as a row, which only the
+    -- (game_id, id) indexes can serve: "id < $n" would let the primary key
+    -- in, and statistics that say the table is small (after a TRUNCATE)
+    -- make that a walk of the whole table per inserted row. Sequential
+    -- scans are off for the same reason.
     PERFORM 1 FROM job_lines WHERE game_id = NEW.game_id FOR SHARE SKIP LOCKED;
     IF NOT FOUND THEN
         -- No line to hold (a game without one yet), or a finish of this
@@ -84,8 +90,8 @@ BEGIN
         IF NOT EXISTS (
             SELECT 1 FROM jobs e
             WHERE e.game_id = NEW.game_id
+              AND (e.game_id, e.id) < (NEW.game_id, NEW.id)
               AND e.status IN ('queued', 'running')
-              AND e.id < NEW.id
         ) THEN
             NEW.is_head := true;
             RETURN NEW;
@@ -100,17 +106,13 @@ BEGIN
         END IF;
     END IF;
     -- A fresh snapshot, taken under the lock: a finish that committed
-    -- before it is seen here; one that did not yet lock will see us. Read
-    -- backwards from the new job: in a long line the job just before it is
-    -- unfinished, one index step.
-    NEW.is_head := (
-        SELECT e.id FROM jobs e
+    -- before it is seen here; one that did not yet lock will see us.
+    NEW.is_head := NOT EXISTS (
+        SELECT 1 FROM jobs e
         WHERE e.game_id = NEW.game_id
+          AND (e.game_id, e.id) < (NEW.game_id, NEW.id)
           AND e.status IN ('queued', 'running')
-          AND e.id < NEW.id
-        ORDER BY e.id DESC
-        LIMIT 1
-    ) IS NULL;
+    );
     RETURN NEW;
 END;
 $$;
@@ -136,8 +138,17 @@ CREATE TRIGGER jobs_head_restart BEFORE UPDATE OF status ON jobs
     EXECUTE FUNCTION rtm_jobs_head_restart();
 
 CREATE FUNCTION rtm_jobs_head_promote() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET enable_seqscan = off AS $$
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        -- After the lock below only a fresh snapshot sees the inserts
+        -- that held the line before it: a stricter isolation could leave
+        -- the next job unmarked, never claimed. The agent writes in READ
+        -- COMMITTED; refuse, rather than strand a job.
+        RAISE EXCEPTION 'rtmanager: end job % in a READ COMMITTED transaction, not %',
+            OLD.id, current_setting('transaction_isolation')
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
     PERFORM 1 FROM job_lines WHERE game_id = OLD.game_id FOR UPDATE;
     IF NOT FOUND THEN
         -- A game whose inserts all found its line empty has no row yet
@@ -146,13 +157,17 @@ BEGIN
         INSERT INTO job_lines (game_id) VALUES (OLD.game_id) ON CONFLICT DO NOTHING;
         PERFORM 1 FROM job_lines WHERE game_id = OLD.game_id FOR UPDATE;
     END IF;
+    -- The game is bounded as a range, not an equality, so that only the
+    -- (game_id, id) indexes give this order: the primary key (id order,
+    -- game filtered) would read the whole table when statistics say it is
+    -- small, as after a TRUNCATE.
     UPDATE jobs SET is_head = true
     WHERE id = (
         SELECT n.id FROM jobs n
-        WHERE n.game_id = OLD.game_id
+        WHERE n.game_id >= OLD.game_id AND n.game_id <= OLD.game_id
+          AND (n.game_id, n.id) > (OLD.game_id, OLD.id)
           AND n.status IN ('queued', 'running')
-          AND n.id > OLD.id
-        ORDER BY n.id
+        ORDER BY n.game_id, n.id
         LIMIT 1
     )
       AND NOT is_head;
@@ -179,3 +194,22 @@ CREATE INDEX jobs_head_due_idx ON jobs (host_id, run_after) WHERE status = 'queu
 -- jobs_due_idx (every queued job of a host) stays for the fleet's queue
 -- depth; jobs_claim_idx has no reader left.
 DROP INDEX jobs_claim_idx;
+
+-- A cancel asked for a job an agent holds (running, or claimed into its
+-- prefetch buffer and not started) wakes that host's agent on a channel
+-- of its own, so that it renews its leases at once and learns of the
+-- cancel there, instead of at its next renewal. (A queued job's cancel
+-- keeps waking the claim on rtm_jobs.) Payload: the host id.
+CREATE FUNCTION rtm_jobs_notify_cancel_held() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('rtm_jobs_cancel', NEW.host_id);
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER jobs_notify_cancel_held AFTER UPDATE OF cancel_requested_at ON jobs
+    FOR EACH ROW
+    WHEN (NEW.status = 'running'
+          AND NEW.cancel_requested_at IS NOT NULL
+          AND OLD.cancel_requested_at IS DISTINCT FROM NEW.cancel_requested_at)
+    EXECUTE FUNCTION rtm_jobs_notify_cancel_held();

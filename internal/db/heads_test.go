@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
@@ -395,4 +397,49 @@ func TestHeadsOfAMassInsert(t *testing.T) {
 		}
 	}
 	checkHeads(t, s, "host-mass-100")
+}
+
+// TestHeadsUnderRepeatableRead: an insert in REPEATABLE READ cannot read
+// afresh after taking its game's line, so it is always marked the head
+// (the claim's guard keeps the order); ending a head there is refused with
+// a clear error rather than risk leaving the next job unmarked.
+func TestHeadsUnderRepeatableRead(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	pool := s.Pool()
+	const host = "host-rr"
+	var first int64
+	if err := pool.QueryRow(ctx, `INSERT INTO jobs (host_id, game_id, kind) VALUES ($1, 'rr', 'stop') RETURNING id`, host).Scan(&first); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var second int64
+	var head bool
+	if err := tx.QueryRow(ctx, `INSERT INTO jobs (host_id, game_id, kind) VALUES ($1, 'rr', 'stop') RETURNING id, is_head`, host).Scan(&second, &head); err != nil {
+		t.Fatal(err)
+	}
+	if !head {
+		t.Fatalf("job %d inserted in REPEATABLE READ behind job %d: is_head false", second, first)
+	}
+	_, err = tx.Exec(ctx, `UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = $1`, first)
+	if err == nil || !strings.Contains(err.Error(), "READ COMMITTED") {
+		t.Fatalf("end of a head in REPEATABLE READ: %v", err)
+	}
+	_ = tx.Rollback(ctx)
+	// The guard keeps the order for a spuriously marked head.
+	if _, err := pool.Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind) VALUES ($1, 'rr', 'stop')`, host); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE jobs SET is_head = true WHERE host_id = $1`, host); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := s.ClaimJobs(ctx, host, "o", 10, time.Minute)
+	if err != nil || len(claimed) != 1 || claimed[0].ID != first {
+		t.Fatalf("claim with every job marked: %+v, %v (want only job %d)", claimed, err, first)
+	}
 }

@@ -108,7 +108,8 @@ RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, tracepar
 `
 
 // Asks the agent holding a running job to cancel it; the agent learns of it
-// when it next extends its lease.
+// when it extends its lease, which a trigger makes it do at once
+// (rtm_jobs_cancel, migration 000010).
 func (q *Queries) RequestJobCancel(ctx context.Context, id int64) (Job, error) {
 	row := q.db.QueryRow(ctx, requestJobCancel, id)
 	var i Job
