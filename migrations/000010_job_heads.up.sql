@@ -18,12 +18,15 @@
 --   unfinished while that job's finish, not yet committed, looks for the
 --   next job to promote and cannot see the insert. Both sides therefore
 --   lock the game's row in job_lines. An insert decides "not the head"
---   only while it holds the row FOR SHARE (taken with SKIP LOCKED, so an
---   insert never waits for a finish: a locked row makes the insert the
---   head, which is safe); the finish that promotes takes it FOR UPDATE,
---   so it waits for every insert that decided "not the head" against it
---   to commit, and then, reading afresh, sees them. Row locks live in the
---   rows, not the lock table, so a 50,000-row INSERT stays possible.
+--   only while it holds the row FOR SHARE, taken with SKIP LOCKED so that
+--   an insert never waits for a finish: a locked row, or a game without a
+--   committed line, makes the insert the head, which is safe (the first
+--   insert of a game makes its line). The finish that promotes takes the
+--   row FOR UPDATE, so it waits for every insert that decided "not the
+--   head" against it to commit, and then, reading afresh, sees them. A
+--   finish never makes a line (so an insert never waits for a finish, and
+--   the two cannot deadlock). Row locks live in the rows, not the lock
+--   table, so a 50,000-row INSERT stays possible.
 -- * A job that becomes running (or queued again, or unfinished again) is
 --   the head: running is what a head does.
 -- * When a head finishes or is deleted, the next unfinished job of its
@@ -46,9 +49,8 @@
 -- finished unseen by the backfill below.
 ALTER TABLE jobs ADD COLUMN is_head boolean NOT NULL DEFAULT false;
 
--- One row per game, made the first time an insert must hold it (to say
--- "not the head") or a head of the game finishes, and kept: what inserts
--- and promotions lock. Games with unfinished jobs get theirs here.
+-- One row per game, made by the game's first insert and kept: what
+-- inserts and promotions lock. Games with unfinished jobs get theirs here.
 CREATE TABLE job_lines (
     game_id text PRIMARY KEY
 );
@@ -76,43 +78,35 @@ BEGIN
         NEW.is_head := true;
         RETURN NEW;
     END IF;
-    -- The probes below compare (game_id, id) as a row, which only the
-    -- (game_id, id) indexes can serve: "id < $n" would let the primary key
-    -- in, and statistics that say the table is small (after a TRUNCATE)
-    -- make that a walk of the whole table per inserted row. Sequential
-    -- scans are off for the same reason.
     PERFORM 1 FROM job_lines WHERE game_id = NEW.game_id FOR SHARE SKIP LOCKED;
-    IF NOT FOUND THEN
-        -- No line to hold (a game without one yet), or a finish of this
-        -- game is promoting right now: the head unless an earlier job is
-        -- seen, and then the head still, unless the line can be made and
-        -- held.
-        IF NOT EXISTS (
+    IF FOUND THEN
+        -- Held: a finish of this game waits for us from now on. A fresh
+        -- snapshot, taken under the lock: a finish that committed before
+        -- it is seen here; one that did not lock yet will see us. The
+        -- probe compares (game_id, id) as a row, which only the (game_id,
+        -- id) indexes serve: "id < $n" would let the primary key in, and
+        -- statistics that call the table small (after a TRUNCATE) make
+        -- that a walk of the whole table per row. Sequential scans are off
+        -- for the same reason.
+        NEW.is_head := NOT EXISTS (
             SELECT 1 FROM jobs e
             WHERE e.game_id = NEW.game_id
               AND (e.game_id, e.id) < (NEW.game_id, NEW.id)
               AND e.status IN ('queued', 'running')
-        ) THEN
-            NEW.is_head := true;
-            RETURN NEW;
-        END IF;
-        -- Waits only for another insert making the same line, as an
-        -- equal idempotency key would; never for a finish.
-        INSERT INTO job_lines (game_id) VALUES (NEW.game_id) ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM job_lines WHERE game_id = NEW.game_id FOR SHARE SKIP LOCKED;
-        IF NOT FOUND THEN
-            NEW.is_head := true;
-            RETURN NEW;
-        END IF;
+        );
+        RETURN NEW;
     END IF;
-    -- A fresh snapshot, taken under the lock: a finish that committed
-    -- before it is seen here; one that did not yet lock will see us.
-    NEW.is_head := NOT EXISTS (
-        SELECT 1 FROM jobs e
-        WHERE e.game_id = NEW.game_id
-          AND (e.game_id, e.id) < (NEW.game_id, NEW.id)
-          AND e.status IN ('queued', 'running')
-    );
+    -- A finish of this game is promoting (the row is locked), or the game
+    -- has no line yet, or its line is being made by another insert: the
+    -- head, which is always safe.
+    NEW.is_head := true;
+    IF NOT EXISTS (SELECT 1 FROM job_lines WHERE game_id = NEW.game_id) THEN
+        -- Make the line for the game's later inserts, ours included (they
+        -- come after this head). Waits only for another insert making the
+        -- same line, as an equal idempotency key would; never for a finish,
+        -- which never makes lines.
+        INSERT INTO job_lines (game_id) VALUES (NEW.game_id) ON CONFLICT DO NOTHING;
+    END IF;
     RETURN NEW;
 END;
 $$;
@@ -149,14 +143,11 @@ BEGIN
             OLD.id, current_setting('transaction_isolation')
             USING ERRCODE = 'feature_not_supported';
     END IF;
+    -- Waits for every insert that said "not the head" holding the line.
+    -- No line (or one not committed yet): no insert can have said so
+    -- against this finish but the line's maker, whose first job of the
+    -- game is a head, so its later ones are not the lowest.
     PERFORM 1 FROM job_lines WHERE game_id = OLD.game_id FOR UPDATE;
-    IF NOT FOUND THEN
-        -- A game whose inserts all found its line empty has no row yet
-        -- (inserts make it only to say "not the head"): make it, which
-        -- waits for an insert making it at the same time, and hold it.
-        INSERT INTO job_lines (game_id) VALUES (OLD.game_id) ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM job_lines WHERE game_id = OLD.game_id FOR UPDATE;
-    END IF;
     -- The game is bounded as a range, not an equality, so that only the
     -- (game_id, id) indexes give this order: the primary key (id order,
     -- game filtered) would read the whole table when statistics say it is
