@@ -31,8 +31,11 @@
 --   the head: running is what a head does.
 -- * When a head finishes or is deleted, the next unfinished job of its
 --   game (the first after it in id order, an O(1) index step) becomes the
---   head. A job that was not the head finishing changes nothing: the
---   lowest unfinished job is still the same, and still marked.
+--   head, once per statement for all the heads it ended. A job that was
+--   not the head finishing changes nothing: the lowest unfinished job is
+--   still the same, and still marked. The agent's finishes and cancels of
+--   one game are serialised by the game's advisory lock, so no two ends
+--   of one game's jobs race.
 --
 -- Promoters of one game serialise on the job_lines row (and the agent's
 -- finishes on the game's advisory lock before that).

@@ -19,13 +19,13 @@ WITH candidates AS (
       AND j.is_head
       AND j.run_after <= now()
       AND j.cancel_requested_at IS NULL
-      AND (
-          SELECT e.id FROM jobs e
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs e
           WHERE e.game_id = j.game_id
             AND (e.game_id, e.id) < (j.game_id, j.id)
             AND e.status IN ('queued', 'running')
-          LIMIT 1
-      ) IS NULL
+          OFFSET 0
+      )
     ORDER BY j.host_id, j.id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -50,13 +50,13 @@ queue AS (
            AND n.is_head
            AND n.run_after > now()
            AND n.cancel_requested_at IS NULL
-           AND (
-               SELECT e.id FROM jobs e
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs e
                WHERE e.game_id = n.game_id
                  AND (e.game_id, e.id) < (n.game_id, n.id)
                  AND e.status IN ('queued', 'running')
-               LIMIT 1
-           ) IS NULL
+               OFFSET 0
+           )
          ORDER BY n.run_after
          LIMIT 1), 0)::bigint AS next_due_in_us,
         ARRAY(
@@ -135,10 +135,13 @@ type ClaimJobsRow struct {
 // with the primary key (id order, every row) the planner would read each
 // finished row before the queued ones whenever its statistics were taken
 // with a full queue. The claimed rows are then updated through the
-// primary key by id (a join would hash the whole table). The guard is a
-// scalar subquery with LIMIT, which the planner keeps as a probe per
-// candidate (as NOT EXISTS it may become a hash anti join over every
-// unfinished job), and compares (game_id, id) as a row, which only the
+// primary key by id (a join would hash the whole table). The guard's
+// OFFSET 0 keeps it a probe per candidate (without it the planner may
+// turn it into a hash anti join over every unfinished job), estimated to
+// pass half the candidates, so that the plan's cost stays that of the
+// batch (as a scalar "(...) IS NULL" it was estimated to pass 0.5 %, the
+// whole index was costed, and the claim went over jit_above_cost: a JIT
+// compile per claim). It compares (game_id, id) as a row, which only the
 // game's indexes serve (an "id <" bound would let the primary key walk the
 // table when statistics call it small). The next due time reads
 // jobs_head_due_idx, the heads again.
