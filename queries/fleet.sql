@@ -39,7 +39,7 @@ WHERE host_id = sqlc.arg(host_id)
 -- name: FleetQueueDepth :many
 -- Queued jobs per host, registered or not, with whether the host has a live
 -- agent (a lease that has not expired). Hosts with nothing queued are left
--- out. Uses jobs_claim_idx.
+-- out. Uses jobs_due_idx.
 SELECT j.host_id,
     count(*)::bigint AS queued,
     coalesce(bool_or(h.lease_expires_at > now()), false)::boolean AS live

@@ -36,26 +36,40 @@ SELECT * FROM jobs WHERE id = $1;
 -- There is always exactly one row of queue state; the claimed jobs are
 -- joined to it, so a claim of nothing returns one row with a NULL id.
 --
--- Cost: the candidates come from jobs_claim_idx (host_id, id) WHERE status
--- = 'queued', in its order, so finished jobs are never read. The host is
--- compared as ANY of a one-element array and the order is (host_id, id) so
--- that no other index can give that order: with the primary key (id order,
--- every row) the planner would read each finished row before the queued
--- ones whenever its statistics were taken with a full queue. The claimed
--- rows are then updated through the primary key by id (a join would hash
--- the whole table).
+-- Cost: the candidates come from jobs_head_idx (host_id, id) WHERE status
+-- = 'queued' AND is_head, in its order, so neither finished jobs nor jobs
+-- waiting behind their game's head are read (migration 000010 keeps
+-- is_head). is_head is a hint that may be spuriously true, never falsely
+-- false, so the "no earlier unfinished job" guard stays, run over the
+-- candidates only. The host is compared as ANY of a one-element array and
+-- the order is (host_id, id) so that no other index can give that order:
+-- with the primary key (id order, every row) the planner would read each
+-- finished row before the queued ones whenever its statistics were taken
+-- with a full queue. The claimed rows are then updated through the
+-- primary key by id (a join would hash the whole table). The guard's
+-- OFFSET 0 keeps it a probe per candidate (without it the planner may
+-- turn it into a hash anti join over every unfinished job), estimated to
+-- pass half the candidates, so that the plan's cost stays that of the
+-- batch (as a scalar "(...) IS NULL" it was estimated to pass 0.5 %, the
+-- whole index was costed, and the claim went over jit_above_cost: a JIT
+-- compile per claim). It compares (game_id, id) as a row, which only the
+-- game's indexes serve (an "id <" bound would let the primary key walk the
+-- table when statistics call it small). The next due time reads
+-- jobs_head_due_idx, the heads again.
 WITH candidates AS (
     SELECT j.id
     FROM jobs j
     WHERE j.host_id = ANY(ARRAY[sqlc.arg(host_id)::text])
       AND j.status = 'queued'
+      AND j.is_head
       AND j.run_after <= now()
       AND j.cancel_requested_at IS NULL
       AND NOT EXISTS (
           SELECT 1 FROM jobs e
           WHERE e.game_id = j.game_id
+            AND (e.game_id, e.id) < (j.game_id, j.id)
             AND e.status IN ('queued', 'running')
-            AND e.id < j.id
+          OFFSET 0
       )
     ORDER BY j.host_id, j.id
     LIMIT sqlc.arg(max_jobs)
@@ -78,13 +92,15 @@ queue AS (
          FROM jobs n
          WHERE n.host_id = sqlc.arg(host_id)
            AND n.status = 'queued'
+           AND n.is_head
            AND n.run_after > now()
            AND n.cancel_requested_at IS NULL
            AND NOT EXISTS (
                SELECT 1 FROM jobs e
                WHERE e.game_id = n.game_id
+                 AND (e.game_id, e.id) < (n.game_id, n.id)
                  AND e.status IN ('queued', 'running')
-                 AND e.id < n.id
+               OFFSET 0
            )
          ORDER BY n.run_after
          LIMIT 1), 0)::bigint AS next_due_in_us,

@@ -29,7 +29,8 @@ RETURNING *;
 
 -- name: RequestJobCancel :one
 -- Asks the agent holding a running job to cancel it; the agent learns of it
--- when it next extends its lease.
+-- when it extends its lease, which a trigger makes it do at once
+-- (rtm_jobs_cancel, migration 000010).
 UPDATE jobs
 SET cancel_requested_at = coalesce(cancel_requested_at, now())
 WHERE id = sqlc.arg(id)

@@ -218,3 +218,52 @@ func TestPrefetchedJobsKeepTheirLease(t *testing.T) {
 		t.Fatalf("job %d started, want %d", id, ids[1])
 	}
 }
+
+// TestHeldJobsCancelNotifiedAtOnce: the Game Master's cancel (the
+// contract's UPDATE of cancel_requested_at) of a job the agent holds, one
+// in the prefetch buffer and one running, reaches the agent through LISTEN
+// rtm_jobs_cancel: the leases are renewed at once and both end cancelled.
+// The renewal interval is a minute, longer than the wait, so only the
+// notification can deliver the cancels in time.
+func TestHeldJobsCancelNotifiedAtOnce(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	exec := newBlockingExec()
+	cfg := prefetchConfig("owner-1")
+	cfg.LeaseDuration, cfg.LeaseRenewInterval = 5*time.Minute, time.Minute
+	w := worker.New(s, exec, nil, cfg)
+	startWorker(t, w)
+	wait.For(t, 10*time.Second, "the worker to listen", w.Listening)
+	ids := insertBacklog(t, s, "held-cancel-", 3)
+	first := <-exec.started
+	waitBuffered(t, s, "owner-1", ids)
+	cancel := func(id int64) {
+		t.Helper()
+		if _, err := s.Pool().Exec(context.Background(),
+			`UPDATE jobs SET cancel_requested_at = now() WHERE id = $1 AND finished_at IS NULL`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buffered := ids[2]
+	cancel(buffered)
+	waitCancelled := func(id int64, why string) {
+		t.Helper()
+		var j db.Job
+		wait.For(t, 20*time.Second, fmt.Sprintf("job %d cancelled", id), func() bool {
+			var err error
+			if j, err = s.GetJob(context.Background(), id); err != nil {
+				t.Fatal(err)
+			}
+			return j.Status == job.StatusCancelled
+		})
+		if !contains(j.LastError, why) {
+			t.Fatalf("job %d: last error %q, want %q", id, j.LastError, why)
+		}
+	}
+	waitCancelled(buffered, "before it started")
+	cancel(first)
+	waitCancelled(first, "cancelled while running")
+	if got := outcomeEvents(t, s, buffered); len(got) != 1 || got[0] != outbox.TypeJobCancelled {
+		t.Fatalf("outcome events of the buffered job: %v", got)
+	}
+}

@@ -23,13 +23,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
-	"github.com/galaxy/rtmanager/internal/retry"
 )
 
 // Task is one attempt of a validated job, as an Executor sees it.
@@ -226,6 +224,9 @@ type Worker struct {
 	metrics *metrics
 
 	wake chan struct{}
+	// renewNow asks the lease renewal for a round at once: a cancel was
+	// asked for a job this host's agent holds (rtm_jobs_cancel).
+	renewNow chan struct{}
 	// finishQ feeds the batch finisher (see batch.go).
 	finishQ chan finishReq
 	// unbatched makes every finish a transaction of its own, as before
@@ -275,6 +276,7 @@ func New(store *db.Store, exec Executor, intents *intent.Registry, cfg Config) *
 		log:      cfg.Logger,
 		metrics:  newMetrics(),
 		wake:     make(chan struct{}, 1),
+		renewNow: make(chan struct{}, 1),
 		inflight: map[int64]*running{},
 	}
 	if err == nil {
@@ -482,8 +484,9 @@ func (w *Worker) drain() {
 }
 
 // renewLeases extends the leases of running jobs every LeaseRenewInterval
-// and interrupts jobs whose lease is lost, whose cancel was requested, or
-// whose lease may have expired because renewals failed.
+// (and at once when a cancel of a held job is notified) and interrupts
+// jobs whose lease is lost, whose cancel was requested, or whose lease may
+// have expired because renewals failed.
 func (w *Worker) renewLeases(ctx context.Context) {
 	tick := time.NewTicker(w.cfg.LeaseRenewInterval)
 	defer tick.Stop()
@@ -492,6 +495,7 @@ func (w *Worker) renewLeases(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-w.renewNow:
 		}
 		w.mu.Lock()
 		ids := make([]int64, 0, len(w.inflight))
@@ -547,56 +551,4 @@ func (w *Worker) loseLease(r *running, why string) {
 	r.cancel(errLeaseLost)
 	w.unbuffer(r)
 	w.rescueSoon()
-}
-
-// listen keeps a session connection with LISTEN rtm_jobs and wakes the
-// claim loop on notifications for this host. It reconnects with backoff;
-// polling covers the gaps.
-func (w *Worker) listen(ctx context.Context) {
-	bo := retry.Backoff(100*time.Millisecond, 10*time.Second)
-	for ctx.Err() == nil {
-		err := w.listenOnce(ctx)
-		w.listening.Store(false)
-		if ctx.Err() != nil {
-			return
-		}
-		delay := bo.NextBackOff()
-		w.log.Warn("job notifications interrupted; polling until reconnected", "retry_in", delay, "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-	}
-}
-
-func (w *Worker) listenOnce(ctx context.Context) error {
-	// A connection of its own, not one of the pool: it is held for as long
-	// as the agent runs and must not shrink the pool.
-	conn, err := pgx.ConnectConfig(ctx, w.store.Pool().Config().ConnConfig.Copy())
-	if err != nil {
-		return fmt.Errorf("connect for LISTEN: %w", err)
-	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = conn.Close(closeCtx)
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN rtm_jobs"); err != nil {
-		return fmt.Errorf("LISTEN rtm_jobs: %w", err)
-	}
-	w.listening.Store(true)
-	// Jobs inserted while we were not listening sent their notification
-	// to nobody: look once.
-	w.signal()
-	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			return fmt.Errorf("wait for job notification: %w", err)
-		}
-		if n.Payload == w.cfg.HostID {
-			w.wakeups.Add(1)
-			w.signal()
-		}
-	}
 }

@@ -142,3 +142,37 @@ func BenchmarkClaimFinishBatch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMassInsert is the Game Master's mass operation: one plain INSERT
+// of 50,000 jobs, over 100 games (long lines) and over 50,000 (one job
+// each). Its baseline, "plain", is the same INSERT into a copy of the jobs
+// table with the same columns, defaults, indexes and insert notification
+// but without the triggers that keep the head marker (migration 000010),
+// so the difference is what the marker costs an insert.
+func BenchmarkMassInsert(b *testing.B) {
+	pool := pgtest.Pool(b)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `CREATE TABLE jobs_plain (LIKE jobs INCLUDING ALL);
+CREATE TRIGGER jobs_plain_notify AFTER INSERT ON jobs_plain FOR EACH ROW EXECUTE FUNCTION rtm_jobs_notify()`); err != nil {
+		b.Fatal(err)
+	}
+	for _, games := range []int{100, 50_000} {
+		for _, table := range []string{"plain", "jobs"} {
+			name := map[string]string{"plain": "jobs_plain", "jobs": "jobs"}[table]
+			b.Run(fmt.Sprintf("games=%d/%s", games, table), func(b *testing.B) {
+				for b.Loop() {
+					b.StopTimer()
+					if _, err := pool.Exec(ctx, "TRUNCATE "+name+", job_lines"); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					if _, err := pool.Exec(ctx, `INSERT INTO `+name+` (host_id, game_id, kind)
+SELECT 'h', 'g' || (i % $1), 'stop' FROM generate_series(1, 50000) i`, games); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/50_000, "ns/job")
+			})
+		}
+	}
+}

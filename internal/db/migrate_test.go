@@ -220,3 +220,60 @@ func TestMigration5KeepsTheMeaningOfAnInfiniteRunAfter(t *testing.T) {
 		t.Fatalf("run_after after the migration: %q and %q", past, never)
 	}
 }
+
+// TestMigration10MarksTheHeads: jobs queued before the head marker existed
+// get it on the lowest unfinished job of each game, and a finish then
+// promotes the next one.
+func TestMigration10MarksTheHeads(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u := pgtest.EmptyURL(t)
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateDown(ctx, u, 1, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Game a: a finished job, a running one, two queued; game b: two
+	// queued; game c: only a finished one.
+	if _, err := conn.Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind, status, finished_at, lease_owner, lease_expires_at) VALUES
+		('h', 'a', 'stop', 'succeeded', now(), NULL, NULL),
+		('h', 'a', 'stop', 'running', NULL, 'o', now() + interval '1 minute'),
+		('h', 'a', 'stop', 'queued', NULL, NULL, NULL),
+		('h', 'b', 'stop', 'queued', NULL, NULL, NULL),
+		('h', 'a', 'stop', 'queued', NULL, NULL, NULL),
+		('h', 'b', 'stop', 'queued', NULL, NULL, NULL),
+		('h', 'c', 'stop', 'failed', now(), NULL, NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	heads := func() string {
+		t.Helper()
+		var s string
+		if err := conn.QueryRow(ctx, `SELECT string_agg(game_id || ':' || status, ' ' ORDER BY id) FROM jobs WHERE is_head AND status IN ('queued', 'running')`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if got := heads(); got != "a:running b:queued" {
+		t.Fatalf("heads after the migration: %q", got)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE game_id = 'a' AND status = 'running'`); err != nil {
+		t.Fatal(err)
+	}
+	var next int64
+	if err := conn.QueryRow(ctx, `SELECT id FROM jobs WHERE game_id = 'a' AND is_head AND status = 'queued'`).Scan(&next); err != nil {
+		t.Fatalf("the finish promoted no job of game a: %v", err)
+	}
+	var lowest int64
+	if err := conn.QueryRow(ctx, `SELECT min(id) FROM jobs WHERE game_id = 'a' AND status = 'queued'`).Scan(&lowest); err != nil || next != lowest {
+		t.Fatalf("promoted %d, the next job is %d (%v)", next, lowest, err)
+	}
+}

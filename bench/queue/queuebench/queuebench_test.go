@@ -101,9 +101,10 @@ func TestTinyRun(t *testing.T) {
 	if hot := rows["hot/ours"]; hot.PickupGrow[0] <= 0 || hot.PickupGrow[1] < hot.PickupGrow[0] || hot.PickupBase[1] < hot.PickupBase[0] {
 		t.Errorf("hot game pickup: base %v, grown %v", hot.PickupBase, hot.PickupGrow)
 	}
-	// The hot game's plan visits its queued jobs, the base's does not.
-	if hot := rows["hot/ours"]; !strings.Contains(hot.ClaimGrow.Custom, "Anti Join") {
-		t.Errorf("hot game claim plan without the per-game check:\n%s", hot.ClaimGrow.Custom)
+	// The claim reads the heads only (migration 000010), each checked for
+	// an earlier unfinished job of its game (the guard's SubPlan).
+	if hot := rows["hot/ours"]; !strings.Contains(hot.ClaimGrow.Custom, "jobs_head_idx") || !strings.Contains(hot.ClaimGrow.Custom, "SubPlan") {
+		t.Errorf("hot game claim plan without the heads' index or the per-game check:\n%s", hot.ClaimGrow.Custom)
 	}
 
 	var md bytes.Buffer

@@ -11,7 +11,7 @@ import (
 
 const listJobs = `-- name: ListJobs :many
 
-SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at FROM jobs
+SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head FROM jobs
 WHERE ($1::text IS NULL OR game_id = $1::text)
   AND ($2::text IS NULL OR host_id = $2::text)
   AND ($3::text IS NULL OR status = $3::text)
@@ -65,6 +65,7 @@ func (q *Queries) ListJobs(ctx context.Context, arg ListJobsParams) ([]Job, erro
 			&i.CreatedAt,
 			&i.StartedAt,
 			&i.FinishedAt,
+			&i.IsHead,
 		); err != nil {
 			return nil, err
 		}

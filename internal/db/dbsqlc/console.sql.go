@@ -95,7 +95,7 @@ func (q *Queries) ConsoleGameEvents(ctx context.Context, arg ConsoleGameEventsPa
 }
 
 const consoleGameJobs = `-- name: ConsoleGameJobs :many
-SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at FROM jobs
+SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head FROM jobs
 WHERE game_id = $1
   AND id < $2::bigint
 ORDER BY id DESC
@@ -137,6 +137,7 @@ func (q *Queries) ConsoleGameJobs(ctx context.Context, arg ConsoleGameJobsParams
 			&i.CreatedAt,
 			&i.StartedAt,
 			&i.FinishedAt,
+			&i.IsHead,
 		); err != nil {
 			return nil, err
 		}
@@ -322,7 +323,7 @@ func (q *Queries) ConsoleListGames(ctx context.Context, arg ConsoleListGamesPara
 }
 
 const consoleListJobs = `-- name: ConsoleListJobs :many
-SELECT jobs.id, jobs.host_id, jobs.game_id, jobs.kind, jobs.payload, jobs.status, jobs.idempotency_key, jobs.traceparent, jobs.attempt, jobs.max_attempts, jobs.run_after, jobs.lease_owner, jobs.lease_expires_at, jobs.cancel_requested_at, jobs.last_error, jobs.created_at, jobs.started_at, jobs.finished_at, now()::timestamptz AS checked_at FROM jobs
+SELECT jobs.id, jobs.host_id, jobs.game_id, jobs.kind, jobs.payload, jobs.status, jobs.idempotency_key, jobs.traceparent, jobs.attempt, jobs.max_attempts, jobs.run_after, jobs.lease_owner, jobs.lease_expires_at, jobs.cancel_requested_at, jobs.last_error, jobs.created_at, jobs.started_at, jobs.finished_at, jobs.is_head, now()::timestamptz AS checked_at FROM jobs
 WHERE ($1::text IS NULL OR status = $1::text)
   AND ($2::text IS NULL OR kind = $2::text)
   AND ($3::text IS NULL OR host_id = $3::text)
@@ -383,6 +384,7 @@ func (q *Queries) ConsoleListJobs(ctx context.Context, arg ConsoleListJobsParams
 			&i.Job.CreatedAt,
 			&i.Job.StartedAt,
 			&i.Job.FinishedAt,
+			&i.Job.IsHead,
 			&i.CheckedAt,
 		); err != nil {
 			return nil, err

@@ -91,7 +91,7 @@ type FleetQueueDepthRow struct {
 
 // Queued jobs per host, registered or not, with whether the host has a live
 // agent (a lease that has not expired). Hosts with nothing queued are left
-// out. Uses jobs_claim_idx.
+// out. Uses jobs_due_idx.
 func (q *Queries) FleetQueueDepth(ctx context.Context) ([]FleetQueueDepthRow, error) {
 	rows, err := q.db.Query(ctx, fleetQueueDepth)
 	if err != nil {

@@ -16,13 +16,15 @@ WITH candidates AS (
     FROM jobs j
     WHERE j.host_id = ANY(ARRAY[$1::text])
       AND j.status = 'queued'
+      AND j.is_head
       AND j.run_after <= now()
       AND j.cancel_requested_at IS NULL
       AND NOT EXISTS (
           SELECT 1 FROM jobs e
           WHERE e.game_id = j.game_id
+            AND (e.game_id, e.id) < (j.game_id, j.id)
             AND e.status IN ('queued', 'running')
-            AND e.id < j.id
+          OFFSET 0
       )
     ORDER BY j.host_id, j.id
     LIMIT $2
@@ -36,7 +38,7 @@ claimed AS (
         lease_expires_at = now() + $4::bigint * interval '1 millisecond',
         started_at = now()
     WHERE jobs.id = ANY(ARRAY(SELECT candidates.id FROM candidates))
-    RETURNING jobs.id, jobs.host_id, jobs.game_id, jobs.kind, jobs.payload, jobs.status, jobs.idempotency_key, jobs.traceparent, jobs.attempt, jobs.max_attempts, jobs.run_after, jobs.lease_owner, jobs.lease_expires_at, jobs.cancel_requested_at, jobs.last_error, jobs.created_at, jobs.started_at, jobs.finished_at
+    RETURNING jobs.id, jobs.host_id, jobs.game_id, jobs.kind, jobs.payload, jobs.status, jobs.idempotency_key, jobs.traceparent, jobs.attempt, jobs.max_attempts, jobs.run_after, jobs.lease_owner, jobs.lease_expires_at, jobs.cancel_requested_at, jobs.last_error, jobs.created_at, jobs.started_at, jobs.finished_at, jobs.is_head
 ),
 queue AS (
     SELECT
@@ -45,13 +47,15 @@ queue AS (
          FROM jobs n
          WHERE n.host_id = $1
            AND n.status = 'queued'
+           AND n.is_head
            AND n.run_after > now()
            AND n.cancel_requested_at IS NULL
            AND NOT EXISTS (
                SELECT 1 FROM jobs e
                WHERE e.game_id = n.game_id
+                 AND (e.game_id, e.id) < (n.game_id, n.id)
                  AND e.status IN ('queued', 'running')
-                 AND e.id < n.id
+               OFFSET 0
            )
          ORDER BY n.run_after
          LIMIT 1), 0)::bigint AS next_due_in_us,
@@ -65,7 +69,7 @@ queue AS (
             LIMIT $5
         )::bigint[] AS cancel_ids
 )
-SELECT claimed.id, claimed.host_id, claimed.game_id, claimed.kind, claimed.payload, claimed.status, claimed.idempotency_key, claimed.traceparent, claimed.attempt, claimed.max_attempts, claimed.run_after, claimed.lease_owner, claimed.lease_expires_at, claimed.cancel_requested_at, claimed.last_error, claimed.created_at, claimed.started_at, claimed.finished_at, queue.next_due_in_us, queue.cancel_ids
+SELECT claimed.id, claimed.host_id, claimed.game_id, claimed.kind, claimed.payload, claimed.status, claimed.idempotency_key, claimed.traceparent, claimed.attempt, claimed.max_attempts, claimed.run_after, claimed.lease_owner, claimed.lease_expires_at, claimed.cancel_requested_at, claimed.last_error, claimed.created_at, claimed.started_at, claimed.finished_at, claimed.is_head, queue.next_due_in_us, queue.cancel_ids
 FROM queue
 LEFT JOIN claimed ON true
 `
@@ -97,6 +101,7 @@ type ClaimJobsRow struct {
 	CreatedAt         *time.Time
 	StartedAt         *time.Time
 	FinishedAt        *time.Time
+	IsHead            *bool
 	NextDueInUs       int64
 	CancelIds         []int64
 }
@@ -120,14 +125,26 @@ type ClaimJobsRow struct {
 // There is always exactly one row of queue state; the claimed jobs are
 // joined to it, so a claim of nothing returns one row with a NULL id.
 //
-// Cost: the candidates come from jobs_claim_idx (host_id, id) WHERE status
-// = 'queued', in its order, so finished jobs are never read. The host is
-// compared as ANY of a one-element array and the order is (host_id, id) so
-// that no other index can give that order: with the primary key (id order,
-// every row) the planner would read each finished row before the queued
-// ones whenever its statistics were taken with a full queue. The claimed
-// rows are then updated through the primary key by id (a join would hash
-// the whole table).
+// Cost: the candidates come from jobs_head_idx (host_id, id) WHERE status
+// = 'queued' AND is_head, in its order, so neither finished jobs nor jobs
+// waiting behind their game's head are read (migration 000010 keeps
+// is_head). is_head is a hint that may be spuriously true, never falsely
+// false, so the "no earlier unfinished job" guard stays, run over the
+// candidates only. The host is compared as ANY of a one-element array and
+// the order is (host_id, id) so that no other index can give that order:
+// with the primary key (id order, every row) the planner would read each
+// finished row before the queued ones whenever its statistics were taken
+// with a full queue. The claimed rows are then updated through the
+// primary key by id (a join would hash the whole table). The guard's
+// OFFSET 0 keeps it a probe per candidate (without it the planner may
+// turn it into a hash anti join over every unfinished job), estimated to
+// pass half the candidates, so that the plan's cost stays that of the
+// batch (as a scalar "(...) IS NULL" it was estimated to pass 0.5 %, the
+// whole index was costed, and the claim went over jit_above_cost: a JIT
+// compile per claim). It compares (game_id, id) as a row, which only the
+// game's indexes serve (an "id <" bound would let the primary key walk the
+// table when statistics call it small). The next due time reads
+// jobs_head_due_idx, the heads again.
 func (q *Queries) ClaimJobs(ctx context.Context, arg ClaimJobsParams) ([]ClaimJobsRow, error) {
 	rows, err := q.db.Query(ctx, claimJobs,
 		arg.HostID,
@@ -162,6 +179,7 @@ func (q *Queries) ClaimJobs(ctx context.Context, arg ClaimJobsParams) ([]ClaimJo
 			&i.CreatedAt,
 			&i.StartedAt,
 			&i.FinishedAt,
+			&i.IsHead,
 			&i.NextDueInUs,
 			&i.CancelIds,
 		); err != nil {
@@ -227,7 +245,7 @@ SET status = $1,
 WHERE id = $3
   AND status = 'running'
   AND lease_owner = $4::text
-RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at
+RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head
 `
 
 type FinishJobParams struct {
@@ -264,12 +282,13 @@ func (q *Queries) FinishJob(ctx context.Context, arg FinishJobParams) (Job, erro
 		&i.CreatedAt,
 		&i.StartedAt,
 		&i.FinishedAt,
+		&i.IsHead,
 	)
 	return i, err
 }
 
 const getJob = `-- name: GetJob :one
-SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at FROM jobs WHERE id = $1
+SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head FROM jobs WHERE id = $1
 `
 
 func (q *Queries) GetJob(ctx context.Context, id int64) (Job, error) {
@@ -294,12 +313,13 @@ func (q *Queries) GetJob(ctx context.Context, id int64) (Job, error) {
 		&i.CreatedAt,
 		&i.StartedAt,
 		&i.FinishedAt,
+		&i.IsHead,
 	)
 	return i, err
 }
 
 const getJobByIdempotencyKey = `-- name: GetJobByIdempotencyKey :one
-SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at FROM jobs WHERE game_id = $1 AND idempotency_key = $2
+SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head FROM jobs WHERE game_id = $1 AND idempotency_key = $2
 `
 
 type GetJobByIdempotencyKeyParams struct {
@@ -329,6 +349,7 @@ func (q *Queries) GetJobByIdempotencyKey(ctx context.Context, arg GetJobByIdempo
 		&i.CreatedAt,
 		&i.StartedAt,
 		&i.FinishedAt,
+		&i.IsHead,
 	)
 	return i, err
 }
@@ -341,7 +362,7 @@ VALUES (
     coalesce($8::timestamptz, now())
 )
 ON CONFLICT (game_id, idempotency_key) DO NOTHING
-RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at
+RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head
 `
 
 type InsertJobParams struct {
@@ -388,12 +409,13 @@ func (q *Queries) InsertJob(ctx context.Context, arg InsertJobParams) (Job, erro
 		&i.CreatedAt,
 		&i.StartedAt,
 		&i.FinishedAt,
+		&i.IsHead,
 	)
 	return i, err
 }
 
 const listJobsByGame = `-- name: ListJobsByGame :many
-SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at FROM jobs WHERE game_id = $1 ORDER BY id
+SELECT id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head FROM jobs WHERE game_id = $1 ORDER BY id
 `
 
 func (q *Queries) ListJobsByGame(ctx context.Context, gameID string) ([]Job, error) {
@@ -424,6 +446,7 @@ func (q *Queries) ListJobsByGame(ctx context.Context, gameID string) ([]Job, err
 			&i.CreatedAt,
 			&i.StartedAt,
 			&i.FinishedAt,
+			&i.IsHead,
 		); err != nil {
 			return nil, err
 		}
@@ -479,7 +502,7 @@ SET status = 'queued',
 WHERE id = $3
   AND status = 'running'
   AND lease_owner = $4::text
-RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at
+RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head
 `
 
 type RetryJobParams struct {
@@ -516,6 +539,7 @@ func (q *Queries) RetryJob(ctx context.Context, arg RetryJobParams) (Job, error)
 		&i.CreatedAt,
 		&i.StartedAt,
 		&i.FinishedAt,
+		&i.IsHead,
 	)
 	return i, err
 }

@@ -53,6 +53,11 @@ type Job struct {
 	CreatedAt         time.Time
 	StartedAt         *time.Time
 	FinishedAt        *time.Time
+	IsHead            bool
+}
+
+type JobLine struct {
+	GameID string
 }
 
 type Outbox struct {

@@ -18,7 +18,7 @@ SET status = 'cancelled',
     lease_expires_at = NULL
 WHERE id = $1
   AND status = 'queued'
-RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at
+RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head
 `
 
 // Cancels a job that no agent holds. The caller appends the outcome event in
@@ -45,6 +45,7 @@ func (q *Queries) CancelQueuedJob(ctx context.Context, id int64) (Job, error) {
 		&i.CreatedAt,
 		&i.StartedAt,
 		&i.FinishedAt,
+		&i.IsHead,
 	)
 	return i, err
 }
@@ -59,7 +60,7 @@ SET status = 'queued',
 WHERE id = $1
   AND status = 'running'
   AND lease_owner = $2::text
-RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at
+RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head
 `
 
 type ReleaseJobParams struct {
@@ -93,6 +94,7 @@ func (q *Queries) ReleaseJob(ctx context.Context, arg ReleaseJobParams) (Job, er
 		&i.CreatedAt,
 		&i.StartedAt,
 		&i.FinishedAt,
+		&i.IsHead,
 	)
 	return i, err
 }
@@ -102,11 +104,12 @@ UPDATE jobs
 SET cancel_requested_at = coalesce(cancel_requested_at, now())
 WHERE id = $1
   AND status = 'running'
-RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at
+RETURNING id, host_id, game_id, kind, payload, status, idempotency_key, traceparent, attempt, max_attempts, run_after, lease_owner, lease_expires_at, cancel_requested_at, last_error, created_at, started_at, finished_at, is_head
 `
 
 // Asks the agent holding a running job to cancel it; the agent learns of it
-// when it next extends its lease.
+// when it extends its lease, which a trigger makes it do at once
+// (rtm_jobs_cancel, migration 000010).
 func (q *Queries) RequestJobCancel(ctx context.Context, id int64) (Job, error) {
 	row := q.db.QueryRow(ctx, requestJobCancel, id)
 	var i Job
@@ -129,6 +132,7 @@ func (q *Queries) RequestJobCancel(ctx context.Context, id int64) (Job, error) {
 		&i.CreatedAt,
 		&i.StartedAt,
 		&i.FinishedAt,
+		&i.IsHead,
 	)
 	return i, err
 }

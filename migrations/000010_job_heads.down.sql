@@ -1,0 +1,16 @@
+DROP TRIGGER jobs_notify_cancel_held ON jobs;
+DROP FUNCTION rtm_jobs_notify_cancel_held();
+CREATE INDEX jobs_claim_idx ON jobs (host_id, id) WHERE status = 'queued';
+DROP INDEX jobs_head_due_idx;
+DROP INDEX jobs_head_idx;
+DROP TRIGGER jobs_head_delete ON jobs;
+DROP TRIGGER jobs_head_finish ON jobs;
+DROP TRIGGER jobs_head_restart ON jobs;
+DROP TRIGGER jobs_head_insert ON jobs;
+DROP FUNCTION rtm_jobs_head_delete();
+DROP FUNCTION rtm_jobs_head_finish();
+DROP FUNCTION rtm_jobs_head_promote(text[], bigint[]);
+DROP FUNCTION rtm_jobs_head_restart();
+DROP FUNCTION rtm_jobs_head_insert();
+DROP TABLE job_lines;
+ALTER TABLE jobs DROP COLUMN is_head;
