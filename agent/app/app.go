@@ -230,7 +230,7 @@ func newParts(cfg *config.Config, log *slog.Logger, store *db.Store, docker *eng
 		poll = max(cfg.ListenPollInterval, cfg.PollInterval)
 	}
 	p := &parts{}
-	p.work = worker.New(store, exec, intents, worker.Config{
+	p.work = worker.New(store, exec, worker.Config{
 		HostID: cfg.HostID, Owner: agentID, Concurrency: cfg.Concurrency, Prefetch: cfg.Prefetch,
 		LeaseDuration: cfg.LeaseDuration, PollInterval: poll, UseListen: cfg.UseListen,
 		Policy: policy, Network: cfg.DockerNetwork, Logger: log, DrainTimeout: cfg.DrainTimeout,

@@ -232,7 +232,7 @@ func BenchmarkColdPullStart(b *testing.B) {
 		e.policy.AllowedImages = append(e.policy.AllowedImages, r.Host+"/galaxy/*")
 		cfg := e.workerConfig("owner-bench")
 		cfg.Logger = slog.New(slog.DiscardHandler)
-		w := worker.New(e.store, e.executor(), e.intents, cfg)
+		w := worker.New(e.store, e.executor(), cfg)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- w.Run(ctx) }()
@@ -288,7 +288,7 @@ func BenchmarkColdPullStart(b *testing.B) {
 func (e *env) benchWorker(b *testing.B) *worker.Worker {
 	cfg := e.workerConfig("owner-bench")
 	cfg.Logger = slog.New(slog.DiscardHandler)
-	w := worker.New(e.store, e.executor(), e.intents, cfg)
+	w := worker.New(e.store, e.executor(), cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

@@ -12,7 +12,6 @@ import (
 
 	"github.com/galaxy/rtmanager/agent/engine"
 	"github.com/galaxy/rtmanager/agent/executor"
-	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
@@ -50,14 +49,13 @@ func runChild() int {
 	policy := job.DefaultPolicy()
 	policy.StateRoot = os.Getenv(childRoot)
 	policy.AllowedImages = []string{os.Getenv(childImage)}
-	intents := intent.New(time.Minute, nil)
 	real := executor.New(eng, executor.Config{Records: store, StateRoot: policy.StateRoot, Logger: log})
 	hang := worker.ExecutorFunc(func(ctx context.Context, t worker.Task) (worker.Result, error) {
 		_, err := real.Execute(ctx, t)
 		log.Info("start executed; hanging until killed", "job_id", t.Job.ID, "err", err)
 		select {}
 	})
-	w := worker.New(store, hang, intents, worker.Config{
+	w := worker.New(store, hang, worker.Config{
 		HostID: os.Getenv(childHost), Owner: fmt.Sprintf("child-%d", os.Getpid()), Concurrency: 1,
 		LeaseDuration: time.Second, LeaseRenewInterval: 200 * time.Millisecond, PollInterval: 100 * time.Millisecond,
 		UseListen: true, Policy: policy, Network: os.Getenv(childNetwork), Logger: log,
@@ -113,7 +111,7 @@ func TestStartSurvivesAgentKilledMidJob(t *testing.T) {
 	// The restarted agent.
 	cfg := e.workerConfig("owner-restarted")
 	cfg.LeaseDuration, cfg.LeaseRenewInterval, cfg.RescueInterval = time.Second, 200*time.Millisecond, 200*time.Millisecond
-	w := worker.New(e.store, e.executor(), e.intents, cfg)
+	w := worker.New(e.store, e.executor(), cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

@@ -97,7 +97,7 @@ func (e *env) executor() *executor.Executor {
 
 // run starts a worker with the real executor until the test ends.
 func (e *env) run() *worker.Worker {
-	w := worker.New(e.store, e.executor(), e.intents, e.workerConfig("owner-"+e.hostID))
+	w := worker.New(e.store, e.executor(), e.workerConfig("owner-"+e.hostID))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

@@ -179,7 +179,7 @@ func TestCredentialHelperPullLeaksNothing(t *testing.T) {
 		exec := executor.New(e.eng, executor.Config{Records: e.store, StateRoot: e.root, Logger: log})
 		cfgW := e.workerConfig("owner-" + e.hostID)
 		cfgW.Logger = log
-		w := worker.New(e.store, exec, e.intents, cfgW)
+		w := worker.New(e.store, exec, cfgW)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- w.Run(ctx) }()

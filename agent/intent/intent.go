@@ -7,9 +7,7 @@
 //
 // Jobs are not attributed from here: what a job asks for is read from the
 // job table (its job in progress, see package outbox), which every writer
-// sees under the game's lock and which survives a restart. The job actions
-// and the job fields of Intent remain for callers that still register or
-// forget them; the agent's executor no longer does.
+// sees under the game's lock and which survives a restart.
 package intent
 
 import (
@@ -20,22 +18,14 @@ import (
 // Action is what the agent asked Docker to do with a container.
 type Action string
 
-const (
-	Stop    Action = "stop"
-	Restart Action = "restart"
-	Remove  Action = "remove"
-	Start   Action = "start"
-	// Cleanup is the sweeper's removal of an expired stopped game: the
-	// destroy it causes is reported with reason cleanup.
-	Cleanup Action = "cleanup"
-)
+// Cleanup is the sweeper's removal of an expired stopped game: the
+// destroy it causes is reported with reason cleanup.
+const Cleanup Action = "cleanup"
 
 // Intent is one expected operation.
 type Intent struct {
 	ContainerID string
 	Action      Action
-	JobID       int64 // 0: not a job's (the sweeper's)
-	Attempt     int   // the job's attempt that registered it
 	At          time.Time
 }
 
@@ -57,17 +47,17 @@ func New(ttl time.Duration, now func() time.Time) *Registry {
 	return &Registry{ttl: ttl, now: now, pending: map[string][]Intent{}}
 }
 
-// Expect records that the agent is about to ask for action on containerID
-// on behalf of an attempt of jobID (0, 0 when no job asks).
-func (r *Registry) Expect(containerID string, action Action, jobID int64, attempt int) {
+// Expect records that the agent is about to ask for action on
+// containerID.
+func (r *Registry) Expect(containerID string, action Action) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.pending[containerID] = append(r.live(containerID), Intent{ContainerID: containerID, Action: action, JobID: jobID, Attempt: attempt, At: r.now()})
+	r.pending[containerID] = append(r.live(containerID), Intent{ContainerID: containerID, Action: action, At: r.now()})
 }
 
 // Lookup reports the most recent live intent for containerID among
-// actions, without consuming it: one stop produces several events (stop,
-// die) and each may ask.
+// actions, without consuming it: one removal produces several events
+// (kill, die, destroy) and each may ask.
 func (r *Registry) Lookup(containerID string, actions ...Action) (Intent, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -80,27 +70,6 @@ func (r *Registry) Lookup(containerID string, actions ...Action) (Intent, bool) 
 		}
 	}
 	return Intent{}, false
-}
-
-// Forget drops the intents that an attempt of jobID registered for
-// containerID, when the attempt is over. The intents of others stay: the
-// game's next job (or the job's next attempt) may already have registered
-// its own for the same container, since it can be claimed as soon as this
-// attempt's outcome commits, and so may the sweeper.
-func (r *Registry) Forget(containerID string, jobID int64, attempt int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	kept := r.pending[containerID][:0]
-	for _, in := range r.pending[containerID] {
-		if in.JobID != jobID || in.Attempt != attempt {
-			kept = append(kept, in)
-		}
-	}
-	if len(kept) == 0 {
-		delete(r.pending, containerID)
-		return
-	}
-	r.pending[containerID] = kept
 }
 
 // live returns the unexpired intents of containerID and drops the rest.

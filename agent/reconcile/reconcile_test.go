@@ -384,7 +384,7 @@ func TestLeavesTheSweepersRemovalToTheSweeper(t *testing.T) {
 	)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	intents := intent.New(time.Minute, clock)
-	intents.Expect(g.c.ID, intent.Cleanup, 0, 0)
+	intents.Expect(g.c.ID, intent.Cleanup)
 	if err := e.eng.RemoveContainer(e.ctx, g.c.ID); err != nil {
 		t.Fatal(err)
 	}

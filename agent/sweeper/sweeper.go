@@ -350,7 +350,7 @@ func (s *Sweeper) sweepOne(ctx context.Context, rec runtime.RuntimeRecord, cutof
 	}
 	if id := rec.CurrentContainerID; id != "" {
 		if s.intents != nil {
-			s.intents.Expect(id, intent.Cleanup, 0, 0)
+			s.intents.Expect(id, intent.Cleanup)
 		}
 		// A failed remove leaves its intent to expire: other intents of
 		// the container may be pending.

@@ -222,8 +222,8 @@ func TestPassRemovesOnlyExpiredStoppedGames(t *testing.T) {
 		if want := "cleanup:" + r.CurrentContainerID; len(events[r.GameID]) != 1 || events[r.GameID][0] != want {
 			t.Errorf("%s: removed events %v, want exactly [%s]", r.GameID, events[r.GameID], want)
 		}
-		if in, ok := f.intents.Lookup(r.CurrentContainerID, intent.Cleanup); !ok || in.JobID != 0 {
-			t.Errorf("%s: no cleanup intent for the watcher: %+v %v", r.GameID, in, ok)
+		if _, ok := f.intents.Lookup(r.CurrentContainerID, intent.Cleanup); !ok {
+			t.Errorf("%s: no cleanup intent for the watcher", r.GameID)
 		}
 	}
 	for _, r := range []runtime.RuntimeRecord{running, queued, busy, fresh} {

@@ -54,7 +54,7 @@ func benchQueue(b *testing.B, workers, concurrency int, batch bool) {
 		cfg.Concurrency = concurrency
 		cfg.LeaseDuration, cfg.LeaseRenewInterval = 30*time.Second, 10*time.Second
 		cfg.Logger = quiet
-		w := worker.New(s, worker.Noop, nil, cfg)
+		w := worker.New(s, worker.Noop, cfg)
 		if !batch {
 			worker.Unbatched(w)
 		}
@@ -152,7 +152,7 @@ func BenchmarkPickupLatency(b *testing.B) {
 	cfg := testConfig("owner-1")
 	cfg.PollInterval = time.Hour
 	cfg.Logger = quiet
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	startWorker(b, w)
 	for !w.Listening() {
 		time.Sleep(time.Millisecond)

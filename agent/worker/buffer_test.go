@@ -65,7 +65,7 @@ func TestPrefetchBuffersAndRunsInClaimOrderOneAtATime(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	exec := newBlockingExec()
-	w := worker.New(s, exec, nil, prefetchConfig("owner-1"))
+	w := worker.New(s, exec, prefetchConfig("owner-1"))
 	startWorker(t, w)
 	ids := insertBacklog(t, s, "pf-order-", 5)
 	first := <-exec.started
@@ -100,7 +100,7 @@ func TestPrefetchedJobCancelledWithoutRunning(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	exec := newBlockingExec()
-	w := worker.New(s, exec, nil, prefetchConfig("owner-1"))
+	w := worker.New(s, exec, prefetchConfig("owner-1"))
 	startWorker(t, w)
 	ids := insertBacklog(t, s, "pf-cancel-", 3)
 	first := <-exec.started
@@ -143,7 +143,7 @@ func TestDrainReleasesBufferedJobs(t *testing.T) {
 	exec := newBlockingExec()
 	cfg := prefetchConfig("owner-1")
 	cfg.DrainTimeout = 50 * time.Millisecond
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	stop := startWorker(t, w)
 	ids := insertBacklog(t, s, "pf-drain-", 4)
 	<-exec.started
@@ -173,7 +173,7 @@ func TestDrainReleasesBufferedJobs(t *testing.T) {
 		}
 		done <- task.Job.ID
 		return worker.Result{}, nil
-	}), nil, prefetchConfig("owner-2"))
+	}), prefetchConfig("owner-2"))
 	startWorker(t, w2)
 	for _, id := range ids {
 		j := waitStatus(t, s, id, job.StatusSucceeded)
@@ -192,7 +192,7 @@ func TestPrefetchedJobsKeepTheirLease(t *testing.T) {
 	cfg := prefetchConfig("owner-1")
 	cfg.LeaseDuration = 500 * time.Millisecond
 	cfg.LeaseRenewInterval = 100 * time.Millisecond
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	startWorker(t, w)
 	ids := insertBacklog(t, s, "pf-lease-", 3)
 	first := <-exec.started
@@ -231,7 +231,7 @@ func TestHeldJobsCancelNotifiedAtOnce(t *testing.T) {
 	exec := newBlockingExec()
 	cfg := prefetchConfig("owner-1")
 	cfg.LeaseDuration, cfg.LeaseRenewInterval = 5*time.Minute, time.Minute
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	startWorker(t, w)
 	wait.For(t, 10*time.Second, "the worker to listen", w.Listening)
 	ids := insertBacklog(t, s, "held-cancel-", 3)

@@ -52,7 +52,7 @@ func TestFailureCommitsTheRecordChange(t *testing.T) {
 			return worker.Result{}, nil
 		}
 	})
-	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	w := worker.New(s, exec, testConfig("owner-1"))
 	startWorker(t, w)
 	recorded := insert(t, s, "fail-recorded", "stop", `{}`, 0)
 	j := waitStatus(t, s, recorded, job.StatusFailed)

@@ -69,7 +69,6 @@ func (w *Worker) runJob(r *running) {
 	}
 
 	res, err := w.execute(r.ctx, Task{Job: j, Spec: spec, HostID: w.cfg.HostID, Network: w.cfg.Network})
-	defer w.forget(j, res.Containers)
 	if err != nil {
 		r.span.RecordError(err)
 		r.span.SetStatus(codes.Error, err.Error())
@@ -252,15 +251,6 @@ func (w *Worker) maxAttempts(j db.Job) int {
 		return j.MaxAttempts
 	}
 	return max(w.cfg.MaxAttempts(job.Kind(j.Kind)), 1)
-}
-
-func (w *Worker) forget(j db.Job, containers []string) {
-	if w.intents == nil {
-		return
-	}
-	for _, id := range containers {
-		w.intents.Forget(id, j.ID, j.Attempt)
-	}
 }
 
 func (r *running) lost() bool { return errors.Is(context.Cause(r.ctx), errLeaseLost) }

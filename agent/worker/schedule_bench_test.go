@@ -54,7 +54,7 @@ func benchLateness(b *testing.B, cfg worker.Config) {
 	cfg.Concurrency = 8
 	cfg.LeaseDuration, cfg.LeaseRenewInterval = 30*time.Second, 10*time.Second
 	cfg.Logger = quiet
-	w := worker.New(s, worker.Noop, nil, cfg)
+	w := worker.New(s, worker.Noop, cfg)
 	startWorker(b, w)
 	if cfg.UseListen {
 		for !w.Listening() {

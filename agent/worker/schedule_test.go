@@ -77,7 +77,7 @@ func notBefore(t testing.TB, j db.Job, runAfter time.Time) {
 func TestScheduledJobRunsWhenDueWithListen(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
-	w := worker.New(s, worker.Noop, nil, idleConfig("owner-1"))
+	w := worker.New(s, worker.Noop, idleConfig("owner-1"))
 	startWorker(t, w)
 	settle(t, s, w)
 	id, runAfter := insertIn(t, s, "g1", "1.5 seconds")
@@ -96,7 +96,7 @@ func TestScheduledJobRunsWhenDueWithoutListen(t *testing.T) {
 	cfg := testConfig("owner-1")
 	cfg.UseListen = false
 	cfg.PollInterval = 50 * time.Millisecond
-	w := worker.New(s, worker.Noop, nil, cfg)
+	w := worker.New(s, worker.Noop, cfg)
 	startWorker(t, w)
 	id, runAfter := insertIn(t, s, "g1", "1.5 seconds")
 	j := waitStatus(t, s, id, job.StatusSucceeded)
@@ -115,7 +115,7 @@ func TestScheduledJobSeenOnceRunsWhenDueWithoutListenOrPoll(t *testing.T) {
 	cfg := idleConfig("owner-1")
 	cfg.UseListen = false
 	id, runAfter := insertIn(t, s, "g1", "1.5 seconds")
-	startWorker(t, worker.New(s, worker.Noop, nil, cfg))
+	startWorker(t, worker.New(s, worker.Noop, cfg))
 	j := waitStatus(t, s, id, job.StatusSucceeded)
 	notBefore(t, j, runAfter)
 }
@@ -136,7 +136,7 @@ func TestRetryRunsAfterItsBackoffWithoutPolling(t *testing.T) {
 	})
 	cfg := idleConfig("owner-1")
 	cfg.RetryBaseDelay, cfg.RetryMaxDelay = 800*time.Millisecond, 800*time.Millisecond // 400–800 ms
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	startWorker(t, w)
 	settle(t, s, w)
 	id := insert(t, s, "g1", "stop", `{}`, 0)
@@ -157,7 +157,7 @@ func TestRetryRunsAfterItsBackoffWithoutPolling(t *testing.T) {
 func TestGameMasterCancelOfFutureJobTakesEffectAtOnce(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
-	w := worker.New(s, worker.Noop, nil, idleConfig("owner-1"))
+	w := worker.New(s, worker.Noop, idleConfig("owner-1"))
 	startWorker(t, w)
 	settle(t, s, w)
 	future, _ := insertIn(t, s, "g1", "1 hour")
@@ -180,7 +180,7 @@ func TestGameMasterCancelWhileAgentDown(t *testing.T) {
 	future, _ := insertIn(t, s, "g1", "1 hour")
 	next := insert(t, s, "g1", "stop", `{}`, 0)
 	gmCancel(t, s, future)
-	startWorker(t, worker.New(s, worker.Noop, nil, idleConfig("owner-1")))
+	startWorker(t, worker.New(s, worker.Noop, idleConfig("owner-1")))
 	checkCancelledThenNextRan(t, s, future, next)
 }
 
@@ -191,7 +191,7 @@ func TestGameMasterCancelWithoutListen(t *testing.T) {
 	cfg := testConfig("owner-1")
 	cfg.UseListen = false
 	cfg.PollInterval = 50 * time.Millisecond
-	w := worker.New(s, worker.Noop, nil, cfg)
+	w := worker.New(s, worker.Noop, cfg)
 	startWorker(t, w)
 	future, _ := insertIn(t, s, "g1", "1 hour")
 	next := insert(t, s, "g1", "stop", `{}`, 0)
@@ -208,7 +208,7 @@ func TestGameMasterCancelWhileEverySlotIsBusy(t *testing.T) {
 	cfg := idleConfig("owner-1")
 	cfg.Concurrency = 1
 	cfg.DrainTimeout = 50 * time.Millisecond // the busy job never ends by itself
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	startWorker(t, w)
 	wait.For(t, 10*time.Second, "LISTEN connection", w.Listening)
 	busy := insert(t, s, "g0", "stop", `{}`, 0)

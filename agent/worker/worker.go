@@ -25,7 +25,6 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 )
@@ -62,10 +61,6 @@ type Result struct {
 	// when the record names the new one is the old one's destroy event
 	// stale for the watcher.
 	AfterCommit func(ctx context.Context) error
-	// Containers are the ids the executor registered intents for; the
-	// worker forgets them once the outcome is recorded, so the watcher
-	// still attributes the events that arrive meanwhile to the job.
-	Containers []string
 	// ImageDigest is the registry digest of the image the job ran or
 	// pulled, when known; it goes into the job.succeeded event.
 	ImageDigest string
@@ -217,7 +212,6 @@ var (
 type Worker struct {
 	store   *db.Store
 	exec    Executor
-	intents *intent.Registry
 	cfg     Config
 	cfgErr  error
 	log     *slog.Logger
@@ -268,11 +262,11 @@ type running struct {
 	lastFinishErr error
 }
 
-// New returns a worker; Run starts it. intents may be nil.
-func New(store *db.Store, exec Executor, intents *intent.Registry, cfg Config) *Worker {
+// New returns a worker; Run starts it.
+func New(store *db.Store, exec Executor, cfg Config) *Worker {
 	err := cfg.applyDefaults()
 	w := &Worker{
-		store: store, exec: exec, intents: intents, cfg: cfg, cfgErr: err,
+		store: store, exec: exec, cfg: cfg, cfgErr: err,
 		log:      cfg.Logger,
 		metrics:  newMetrics(),
 		wake:     make(chan struct{}, 1),

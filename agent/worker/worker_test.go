@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/galaxy/rtmanager/agent/intent"
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
@@ -126,7 +125,7 @@ func TestSucceedsAndAppendsOutcomeEvent(t *testing.T) {
 	})
 	cfg := testConfig("owner-1")
 	cfg.Network = "galaxy"
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	startWorker(t, w)
 	id := insert(t, s, "g1", "stop", `{"timeout_seconds": 3}`, 0)
 	j := waitStatus(t, s, id, job.StatusSucceeded)
@@ -148,7 +147,7 @@ func TestRetriesTransientErrorsThenSucceeds(t *testing.T) {
 		}
 		return worker.Result{}, nil
 	})
-	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	w := worker.New(s, exec, testConfig("owner-1"))
 	startWorker(t, w)
 	id := insert(t, s, "g1", "stop", `{}`, 0)
 	j := waitStatus(t, s, id, job.StatusSucceeded)
@@ -171,7 +170,7 @@ func TestFailsAfterMaxAttempts(t *testing.T) {
 	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
 		return worker.Result{}, errors.New("daemon busy")
 	})
-	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	w := worker.New(s, exec, testConfig("owner-1"))
 	startWorker(t, w)
 	id := insert(t, s, "g1", "stop", `{}`, 2)
 	j := waitStatus(t, s, id, job.StatusFailed)
@@ -191,7 +190,7 @@ func TestPermanentErrorsFailAtOnce(t *testing.T) {
 		calls.Add(1)
 		return worker.Result{}, job.Permanent(errors.New("foreign container squats the name"))
 	})
-	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	w := worker.New(s, exec, testConfig("owner-1"))
 	startWorker(t, w)
 	cases := []struct{ game, kind, payload, want string }{
 		{"g1", "explode", `{}`, "unknown job kind"},
@@ -255,7 +254,7 @@ func TestCancelRunningJob(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	exec := newBlockingExec()
-	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	w := worker.New(s, exec, testConfig("owner-1"))
 	startWorker(t, w)
 	id := insert(t, s, "g1", "stop", `{}`, 0)
 	<-exec.started
@@ -276,7 +275,7 @@ func TestLostLeaseInterruptsWithoutWriting(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	exec := newBlockingExec()
-	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	w := worker.New(s, exec, testConfig("owner-1"))
 	startWorker(t, w)
 	id := insert(t, s, "g1", "stop", `{}`, 0)
 	<-exec.started
@@ -310,7 +309,7 @@ func TestLeaseLostBeforeTheFinishWritesNothing(t *testing.T) {
 	})
 	cfg := testConfig("owner-1")
 	cfg.LeaseDuration, cfg.LeaseRenewInterval = time.Hour, 30*time.Minute
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	ids := []int64{insert(t, s, "g1", "stop", `{}`, 0), insert(t, s, "g2", "stop", `{}`, 0), insert(t, s, "g3", "stop", `{}`, 0)}
 	startWorker(t, w)
 	for range ids {
@@ -350,7 +349,7 @@ func TestRestartedAgentRequeuesExpiredLease(t *testing.T) {
 		`UPDATE jobs SET status = 'running', attempt = 1, lease_owner = 'dead', lease_expires_at = now() - interval '1 second', started_at = now() WHERE id = $1`, id); err != nil {
 		t.Fatal(err)
 	}
-	w := worker.New(s, worker.Noop, nil, testConfig("owner-1"))
+	w := worker.New(s, worker.Noop, testConfig("owner-1"))
 	startWorker(t, w)
 	j := waitStatus(t, s, id, job.StatusSucceeded)
 	if j.Attempt != 2 || w.Stats().Requeued != 1 {
@@ -370,7 +369,7 @@ func TestJobThatKillsItsAgentFailsAfterMaxAttempts(t *testing.T) {
 	w := worker.New(s, worker.ExecutorFunc(func(context.Context, worker.Task) (worker.Result, error) {
 		calls.Add(1)
 		return worker.Result{}, nil
-	}), nil, testConfig("owner-1"))
+	}), testConfig("owner-1"))
 	startWorker(t, w)
 	j := waitStatus(t, s, id, job.StatusFailed)
 	if calls.Load() != 0 || !contains(j.LastError, "out of attempts") {
@@ -384,7 +383,7 @@ func TestDrainReleasesUnfinishedJobs(t *testing.T) {
 	exec := newBlockingExec()
 	cfg := testConfig("owner-1")
 	cfg.DrainTimeout = 50 * time.Millisecond
-	w := worker.New(s, exec, nil, cfg)
+	w := worker.New(s, exec, cfg)
 	stop := startWorker(t, w)
 	id := insert(t, s, "g1", "stop", `{}`, 0)
 	<-exec.started
@@ -408,7 +407,7 @@ func TestDrainLetsRunningJobsFinish(t *testing.T) {
 		<-release
 		return worker.Result{}, nil
 	})
-	w := worker.New(s, exec, nil, testConfig("owner-1"))
+	w := worker.New(s, exec, testConfig("owner-1"))
 	stop := startWorker(t, w)
 	id := insert(t, s, "g1", "stop", `{}`, 0)
 	<-started
@@ -426,7 +425,7 @@ func TestWakesOnNotifyWithoutPolling(t *testing.T) {
 	s := newStore(t)
 	cfg := testConfig("owner-1")
 	cfg.PollInterval = time.Hour
-	w := worker.New(s, worker.Noop, nil, cfg)
+	w := worker.New(s, worker.Noop, cfg)
 	startWorker(t, w)
 	wait.For(t, 10*time.Second, "LISTEN connection", w.Listening)
 	for i := range 3 {
@@ -444,7 +443,7 @@ func TestPollingOnlyForTransactionPoolers(t *testing.T) {
 	cfg := testConfig("owner-1")
 	cfg.UseListen = false
 	cfg.PollInterval = 20 * time.Millisecond
-	w := worker.New(s, worker.Noop, nil, cfg)
+	w := worker.New(s, worker.Noop, cfg)
 	startWorker(t, w)
 	id := insert(t, s, "g1", "stop", `{}`, 0)
 	waitStatus(t, s, id, job.StatusSucceeded)
@@ -456,7 +455,7 @@ func TestPollingOnlyForTransactionPoolers(t *testing.T) {
 func TestIgnoresOtherHostsJobs(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
-	w := worker.New(s, worker.Noop, nil, testConfig("owner-1"))
+	w := worker.New(s, worker.Noop, testConfig("owner-1"))
 	startWorker(t, w)
 	var other int64
 	if err := s.Pool().QueryRow(context.Background(),
@@ -523,7 +522,7 @@ func checkManyWorkersKeepPerGameOrder(t *testing.T, prefetch int) {
 	for i := range workers {
 		cfg := testConfig(fmt.Sprintf("owner-%d", i))
 		cfg.Prefetch = prefetch
-		w := worker.New(s, exec, nil, cfg)
+		w := worker.New(s, exec, cfg)
 		all = append(all, w)
 		stops = append(stops, startWorker(t, w))
 	}
@@ -593,29 +592,3 @@ func checkManyWorkersKeepPerGameOrder(t *testing.T, prefetch int) {
 
 // quiet discards the worker's logs in benchmarks.
 var quiet = slog.New(slog.DiscardHandler)
-
-// TestForgetsOnlyItsOwnIntents: once a job's outcome commits, the game's
-// next job can be claimed and register its intent on the same container
-// before the finished job forgets its own. The finished job must leave the
-// next one's alone, or the watcher reports the next job's stop as a death
-// no job asked for.
-func TestForgetsOnlyItsOwnIntents(t *testing.T) {
-	t.Parallel()
-	s := newStore(t)
-	intents := intent.New(time.Minute, nil)
-	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
-		intents.Expect("c1", intent.Restart, task.Job.ID, task.Job.Attempt)
-		intents.Expect("c1", intent.Stop, task.Job.ID+1, 1) // the next job's, registered meanwhile
-		return worker.Result{Containers: []string{"c1"}}, nil
-	})
-	startWorker(t, worker.New(s, exec, intents, testConfig("owner-1")))
-	id := insert(t, s, "g1", "restart", `{}`, 0)
-	waitStatus(t, s, id, job.StatusSucceeded)
-	wait.For(t, 30*time.Second, "the finished job's intent forgotten", func() bool {
-		_, ok := intents.Lookup("c1", intent.Restart)
-		return !ok
-	})
-	if in, ok := intents.Lookup("c1", intent.Stop); !ok || in.JobID != id+1 {
-		t.Errorf("the next job's intent: %+v, %v; want it kept", in, ok)
-	}
-}

@@ -102,7 +102,7 @@ func (h *host) start(opts agentOptions) *agent {
 	if opts.Wrap != nil {
 		exec = opts.Wrap(exec)
 	}
-	work := worker.New(h.store, exec, intents, worker.Config{
+	work := worker.New(h.store, exec, worker.Config{
 		HostID: h.hostID, Owner: fmt.Sprintf("agent-%s-%d", h.hostID, time.Now().UnixNano()), Concurrency: 4, LeaseDuration: 10 * time.Second,
 		PollInterval: 50 * time.Millisecond, UseListen: true, Policy: h.policy, Network: "net-" + h.hostID,
 		RetryBaseDelay: 10 * time.Millisecond, RetryMaxDelay: 100 * time.Millisecond, DrainTimeout: 100 * time.Millisecond,

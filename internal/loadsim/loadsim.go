@@ -139,7 +139,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		go func() {
 			defer wg.Done()
 			_ = leases[i].Run(ctx, func(tctx context.Context) error {
-				w := worker.New(store, worker.Noop, nil, worker.Config{
+				w := worker.New(store, worker.Noop, worker.Config{
 					HostID: h, Owner: owner, Concurrency: 4, LeaseDuration: o.LeaseDuration,
 					PollInterval: o.ListenPollInterval, Policy: policy, Logger: o.Logger,
 					// As the agent (agent/app) sets it.

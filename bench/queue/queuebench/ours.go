@@ -124,7 +124,7 @@ func (o *ours) prepareWith(ctx context.Context, exec worker.Executor) (*runner, 
 	p := job.DefaultPolicy()
 	p.StateRoot = "/srv/state"
 	lease := 30 * time.Second
-	w := worker.New(store, exec, nil, worker.Config{
+	w := worker.New(store, exec, worker.Config{
 		HostID: benchHost, Owner: fmt.Sprintf("queuebench-%d", o.rounds.Add(1)),
 		Concurrency: o.concurrency, Prefetch: o.prefetch, LeaseDuration: lease, PollInterval: time.Second, UseListen: true,
 		Policy: p, Logger: o.log, RescueInterval: max(2*time.Minute, lease),
