@@ -231,7 +231,7 @@ func TestMigration10MarksTheHeads(t *testing.T) {
 	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.MigrateDown(ctx, u, 1, db.MigrateOptions{}); err != nil {
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 10), db.MigrateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := pgx.Connect(ctx, u)
