@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/image"
 	"github.com/moby/moby/client"
+
+	"github.com/galaxy/rtmanager/internal/retry"
 )
 
 // What image garbage collection (agent/sweeper) needs from Docker. These
@@ -29,16 +33,29 @@ type LocalImage struct {
 	Size int64
 }
 
+// listAttempts bounds the reads of a list that a concurrent removal broke.
+const listAttempts = 5
+
 // ListImages returns the daemon's images (not intermediate layers).
+//
+// A daemon on the containerd image store (Docker 26) fails the whole list
+// with "content digest …: not found" when an image is removed while it
+// lists; the list is read again, a few times, before that is an error.
 func (d *Docker) ListImages(ctx context.Context) ([]LocalImage, error) {
 	ctx, cancel := d.callCtx(ctx, 0)
 	defer cancel()
-	res, err := d.cli.ImageList(ctx, client.ImageListOptions{})
+	items, err := backoff.Retry(ctx, func() ([]image.Summary, error) {
+		res, err := d.cli.ImageList(ctx, client.ImageListOptions{})
+		if err != nil && !cerrdefs.IsNotFound(err) {
+			return nil, backoff.Permanent(err)
+		}
+		return res.Items, err
+	}, backoff.WithBackOff(retry.Backoff(10*time.Millisecond, 200*time.Millisecond)), backoff.WithMaxTries(listAttempts))
 	if err != nil {
 		return nil, fmt.Errorf("list images: %w", err)
 	}
-	out := make([]LocalImage, 0, len(res.Items))
-	for _, im := range res.Items {
+	out := make([]LocalImage, 0, len(items))
+	for _, im := range items {
 		out = append(out, LocalImage{
 			ID: im.ID, RepoTags: dropNone(im.RepoTags), RepoDigests: dropNone(im.RepoDigests),
 			Created: time.Unix(im.Created, 0), Size: im.Size,
