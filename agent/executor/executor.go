@@ -234,8 +234,12 @@ func details(reason outbox.Reason, jobID int64) outbox.TransitionDetails {
 
 // started returns the daemon's start time of the run the job just began in
 // container id, read back from Docker, and that look at the container (the
-// readiness wait starts from it).
+// readiness wait starts from it). The engine runs once started, whatever
+// happens to the job, so a cancel does not cut this read short: the
+// record change the job then returns commits with the cancel.
 func (e *Executor) started(ctx context.Context, id string) (time.Time, *engine.Container, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), checkTimeout)
+	defer cancel()
 	c, err := e.eng.InspectContainer(ctx, id)
 	if err != nil {
 		return time.Time{}, nil, fmt.Errorf("read the start time of container %s: %w", id, engineErr(err))

@@ -96,8 +96,11 @@ func (e *env) executor() *executor.Executor {
 }
 
 // run starts a worker with the real executor until the test ends.
-func (e *env) run() *worker.Worker {
-	w := worker.New(e.store, e.executor(), e.workerConfig("owner-"+e.hostID))
+func (e *env) run() *worker.Worker { return e.runWith(e.executor()) }
+
+// runWith starts a worker with exec until the test ends.
+func (e *env) runWith(exec worker.Executor) *worker.Worker {
+	w := worker.New(e.store, exec, e.workerConfig("owner-"+e.hostID))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

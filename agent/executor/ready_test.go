@@ -10,6 +10,8 @@ import (
 
 	"github.com/moby/moby/client"
 
+	"github.com/galaxy/rtmanager/agent/engine"
+	"github.com/galaxy/rtmanager/agent/executor"
 	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/agent/watcher"
 	"github.com/galaxy/rtmanager/internal/db"
@@ -405,6 +407,58 @@ func TestRestartNotReadyFails(t *testing.T) {
 	if id := e.eventField(g, "runtime.running", "job_id"); id != fmt.Sprint(j.ID) {
 		t.Fatalf("the restart's transition names job %q, want %d", id, j.ID)
 	}
+}
+
+// cancelAfterStart is the real engine, except that once a container has
+// started it asks for the cancel of the game's running job and returns
+// only when the worker has cut the job's context: the cancel lands between
+// the start and the read of its start time, the narrowest window.
+type cancelAfterStart struct {
+	*engine.Docker
+	cancel func()
+}
+
+func (c cancelAfterStart) StartContainer(ctx context.Context, id string) error {
+	if err := c.Docker.StartContainer(ctx, id); err != nil {
+		return err
+	}
+	c.cancel()
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	select {
+	case <-ctx.Done():
+	case <-deadline.C:
+	}
+	return nil
+}
+
+// TestStartCancelledRightAfterTheEngineStarted: a cancel that cuts a
+// gated start right after Docker started its engine, before the job read
+// the start time, still leaves the record saying the engine runs
+// (job_start, then job.cancelled). (Without a health check there is
+// nothing left to cut: the job succeeds.)
+func TestStartCancelledRightAfterTheEngineStarted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const g = "cut"
+	eng := cancelAfterStart{Docker: e.eng, cancel: func() {
+		if _, err := e.store.Pool().Exec(context.Background(),
+			`UPDATE jobs SET cancel_requested_at = now() WHERE game_id = $1 AND status = 'running'`, g); err != nil {
+			t.Error(err)
+		}
+	}}
+	e.runWith(executor.New(eng, executor.Config{Records: e.store, StateRoot: e.root, Health: e.store}))
+	hc := `"healthcheck": {"command": ["/engine", "healthcheck"], "interval_ms": 200, "start_period_ms": 600000}`
+	if j := e.finished(e.insert(g, "start", payload(e.image, `"env": {"ENGINE_HEALTH": "never"}`, hc, `"ready_timeout_seconds": 600`))); j.Status != job.StatusCancelled {
+		t.Fatalf("job ended %s: %q", j.Status, j.LastError)
+	}
+	rec := e.record(g)
+	cs := e.containers(g)
+	if rec.Status != runtime.StatusRunning || len(cs) != 1 || rec.CurrentContainerID != cs[0].ID || !cs[0].Running {
+		t.Fatalf("after the cancelled start: record %+v, containers %+v", rec, cs)
+	}
+	e.waitHealth(g, runtime.HealthStarting)
+	e.wantEvents(g, "runtime.running:job_start", "job.cancelled", "runtime.health:reconcile_health")
 }
 
 // wantEvents fails unless the game's outbox holds exactly want, in order
