@@ -214,6 +214,14 @@ func TestHostileJobs(t *testing.T) {
 	}
 	before, err := h.store.GetRecord(h.ctx, victim)
 	must(t, err)
+	// The engine writes its marker after the job has succeeded (it is
+	// the engine's own start-up, not the agent's); a snapshot taken
+	// before it lands sees the temporary file and reports a change
+	// nobody made.
+	marker := filepath.Join(h.stateRoot, victim, "engine-started")
+	if !waitUntil(30*time.Second, func() bool { _, err := os.Stat(marker); return err == nil }) {
+		t.Fatalf("the victim's engine never wrote %s", marker)
+	}
 	rootBefore := dirNames(t, h.stateRoot)
 	victimFiles := dirNames(t, filepath.Join(h.stateRoot, victim))
 
