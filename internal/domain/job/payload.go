@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -363,6 +364,11 @@ func decodeStrict(raw []byte, v any) error {
 	if len(raw) == 0 || string(raw) == "null" {
 		raw = []byte("{}")
 	}
+	if string(raw) == "{}" {
+		// What most stop, restart and remove jobs carry: decoding it
+		// changes nothing in v and cannot fail.
+		return nil
+	}
 	if !utf8.Valid(raw) {
 		return fieldErr("payload", ErrInvalidPayload, "is not valid UTF-8")
 	}
@@ -375,7 +381,7 @@ func decodeStrict(raw []byte, v any) error {
 	if tok != json.Delim('{') {
 		return fieldErr("payload", ErrInvalidPayload, fmt.Sprintf("must be a JSON object, not %s", jsonKind(tok)))
 	}
-	if err := walkObject(dec, shapeOf(reflect.TypeOf(v).Elem()), "", 1); err != nil {
+	if err := walkObject(dec, cachedShapeOf(reflect.TypeOf(v).Elem()), "", 1); err != nil {
 		return err
 	}
 	if tok, err := dec.Token(); err != io.EOF {
@@ -418,6 +424,19 @@ func sentinelFor(field string) error {
 type shape struct {
 	fields  map[string]*shape
 	anyKeys bool
+}
+
+// shapes caches shapeOf per payload type: the types are a handful, and
+// deriving a shape by reflection on every job cost more than the rest of
+// a short payload's decoding.
+var shapes sync.Map // reflect.Type -> *shape
+
+func cachedShapeOf(t reflect.Type) *shape {
+	if sh, ok := shapes.Load(t); ok {
+		return sh.(*shape)
+	}
+	sh, _ := shapes.LoadOrStore(t, shapeOf(t))
+	return sh.(*shape)
 }
 
 // shapeOf derives the shape of t from its json tags, so the payload
