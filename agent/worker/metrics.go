@@ -7,6 +7,8 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/galaxy/rtmanager/internal/domain/job"
 )
 
 // metrics are the worker's OpenTelemetry instruments, from the global
@@ -17,6 +19,12 @@ type metrics struct {
 	outcomeC  metric.Int64Counter
 	durationH metric.Float64Histogram
 	pickupH   metric.Float64Histogram
+
+	// The attribute sets, built once: a set per record costs allocations
+	// on every job, a noticeable part of a short job's CPU. Kinds are
+	// kindAttr's (bounded); outcomes are the worker's own constants.
+	byKind        map[string]metric.MeasurementOption
+	byKindOutcome map[[2]string]metric.MeasurementOption
 }
 
 func newMetrics() *metrics {
@@ -31,21 +39,45 @@ func newMetrics() *metrics {
 		metric.WithDescription("Time from claim to outcome of one attempt."), metric.WithUnit("s"))
 	pickup, _ := m.Float64Histogram("rtmanager.worker.job.pickup_latency",
 		metric.WithDescription("Time from a job being due to its claim, on the database's clock."), metric.WithUnit("s"))
-	return &metrics{claimedC: claimed, outcomeC: outcome, durationH: duration, pickupH: pickup}
+	met := &metrics{claimedC: claimed, outcomeC: outcome, durationH: duration, pickupH: pickup,
+		byKind: map[string]metric.MeasurementOption{}, byKindOutcome: map[[2]string]metric.MeasurementOption{}}
+	kinds := []string{"unknown"}
+	for _, k := range job.AllKinds() {
+		kinds = append(kinds, string(k))
+	}
+	outcomes := []string{string(job.StatusSucceeded), string(job.StatusFailed), string(job.StatusCancelled), "retried"}
+	for _, k := range kinds {
+		met.byKind[k] = metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", k)))
+		for _, o := range outcomes {
+			met.byKindOutcome[[2]string{k, o}] = metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", k), attribute.String("outcome", o)))
+		}
+	}
+	return met
+}
+
+func (m *metrics) kind(kind string) metric.MeasurementOption {
+	if o, ok := m.byKind[kind]; ok {
+		return o
+	}
+	return metric.WithAttributes(attribute.String("kind", kind))
 }
 
 func (m *metrics) claimed(kind string) {
-	m.claimedC.Add(context.Background(), 1, metric.WithAttributes(attribute.String("kind", kind)))
+	m.claimedC.Add(context.Background(), 1, m.kind(kind))
 }
 
 func (m *metrics) outcome(kind, outcome string) {
-	m.outcomeC.Add(context.Background(), 1, metric.WithAttributes(attribute.String("kind", kind), attribute.String("outcome", outcome)))
+	o, ok := m.byKindOutcome[[2]string{kind, outcome}]
+	if !ok {
+		o = metric.WithAttributes(attribute.String("kind", kind), attribute.String("outcome", outcome))
+	}
+	m.outcomeC.Add(context.Background(), 1, o)
 }
 
 func (m *metrics) duration(kind string, d time.Duration) {
-	m.durationH.Record(context.Background(), d.Seconds(), metric.WithAttributes(attribute.String("kind", kind)))
+	m.durationH.Record(context.Background(), d.Seconds(), m.kind(kind))
 }
 
 func (m *metrics) pickup(kind string, d time.Duration) {
-	m.pickupH.Record(context.Background(), max(d, 0).Seconds(), metric.WithAttributes(attribute.String("kind", kind)))
+	m.pickupH.Record(context.Background(), max(d, 0).Seconds(), m.kind(kind))
 }

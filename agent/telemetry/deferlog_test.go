@@ -1,0 +1,77 @@
+package telemetry
+
+import (
+	"bytes"
+	"log/slog"
+	"regexp"
+	"testing"
+
+	"go.opentelemetry.io/otel/trace"
+)
+
+// TestDeferAttrsWritesWhatWithWrites: the same records through l.With and
+// through DeferAttrs come out byte for byte the same, groups and the
+// handler's level included.
+func TestDeferAttrsWritesWhatWithWrites(t *testing.T) {
+	tid := trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36}
+	attrs := []slog.Attr{slog.Int64("job_id", 7), slog.String("game_id", "g 1"), TraceIDAttr(tid)}
+	args := make([]any, len(attrs))
+	for i, a := range attrs {
+		args[i] = a
+	}
+	logAll := func(l *slog.Logger) {
+		l.Debug("below the level", "x", 1)
+		l.Info("job succeeded")
+		l.Warn("job failed", "err", "boom")
+		l.With("more", true).Info("after With")
+		l.WithGroup("g").Info("in a group", "y", 2)
+		l.With("more", true).WithGroup("g").With("z", 3).Error("nested", "w", 4)
+	}
+	clock := regexp.MustCompile(`time=\S+ `)
+	for name, newHandler := range map[string]func(*bytes.Buffer) slog.Handler{
+		"text": func(b *bytes.Buffer) slog.Handler {
+			return slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelInfo})
+		},
+		"json": func(b *bytes.Buffer) slog.Handler {
+			return slog.NewJSONHandler(b, &slog.HandlerOptions{Level: slog.LevelInfo})
+		},
+	} {
+		var eager, deferred bytes.Buffer
+		logAll(slog.New(newHandler(&eager)).With(args...))
+		logAll(DeferAttrs(slog.New(newHandler(&deferred)), attrs...))
+		want := clock.ReplaceAllString(eager.String(), "")
+		got := clock.ReplaceAllString(deferred.String(), "")
+		if name == "json" {
+			want = regexp.MustCompile(`"time":"[^"]*",`).ReplaceAllString(eager.String(), "")
+			got = regexp.MustCompile(`"time":"[^"]*",`).ReplaceAllString(deferred.String(), "")
+		}
+		if got != want {
+			t.Errorf("%s: DeferAttrs wrote\n%s\nWith wrote\n%s", name, got, want)
+		}
+		if !bytes.Contains(deferred.Bytes(), []byte(tid.String())) {
+			t.Errorf("%s: the trace id %s is missing:\n%s", name, tid, deferred.String())
+		}
+		if bytes.Contains(deferred.Bytes(), []byte("below the level")) {
+			t.Errorf("%s: a record below the level was written", name)
+		}
+	}
+}
+
+// The point of DeferAttrs: a record below the level formats nothing.
+func BenchmarkPerJobLogger(b *testing.B) {
+	base := slog.New(slog.NewTextHandler(&bytes.Buffer{}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	tid := trace.TraceID{1, 2, 3}
+	b.Run("With", func(b *testing.B) {
+		for i := range b.N {
+			l := base.With("job_id", int64(i), "game_id", "game-1", "kind", "stop", "attempt", 1, "trace_id", tid.String())
+			l.Info("job succeeded")
+		}
+	})
+	b.Run("DeferAttrs", func(b *testing.B) {
+		for i := range b.N {
+			l := DeferAttrs(base, slog.Int64("job_id", int64(i)), slog.String("game_id", "game-1"),
+				slog.String("kind", "stop"), slog.Int("attempt", 1), TraceIDAttr(tid))
+			l.Info("job succeeded")
+		}
+	})
+}
