@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,7 @@ func main() {
 	var o queuebench.Options
 	var sizes, out string
 	var socket bool
+	var cpuProfile string
 	settings := map[string]string{}
 	flag.StringVar(&o.AdminURL, "database-url", "", "an existing server's maintenance database (its user needs CREATEDB); empty: a throwaway cluster")
 	flag.BoolVar(&socket, "socket", false, "connect to the throwaway cluster over its Unix socket instead of TCP on loopback")
@@ -58,6 +60,7 @@ func main() {
 	flag.IntVar(&o.OtherJobsPerGame, "other-jobs", 10, "jobs per other game")
 	flag.Float64Var(&o.OtherRate, "other-rate", 500, "insert rate of the other games' jobs while their pickup latency is measured")
 	flag.StringVar(&out, "out", "bench-river.out", "file the report is also written to; empty: none")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write this process's CPU profile (both sides' Go code, not the server's) to this file")
 	flag.Parse()
 	for _, s := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -70,10 +73,23 @@ func main() {
 	o.Progress = os.Stderr
 	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "queuebench: -cpuprofile:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, o, socket, settings, out); err != nil {
 		fmt.Fprintln(os.Stderr, "queuebench:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
