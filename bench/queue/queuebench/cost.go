@@ -59,7 +59,7 @@ func (m *meter) stop(ctx context.Context, lsn, datname string) (Cost, error) {
 		return c, nil
 	}
 	rows, err := m.pool.Query(ctx, `
-SELECT regexp_replace(left(query, 400), '\s+', ' ', 'g'), calls
+SELECT regexp_replace(left(query, 400), '\s+', ' ', 'g'), calls, total_exec_time
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1) AND `+ownQueries+`
 ORDER BY calls DESC`, datname)
@@ -73,6 +73,7 @@ ORDER BY calls DESC`, datname)
 	c.Statements = 0
 	for _, s := range all {
 		c.Statements += s.Calls
+		c.ExecMS += s.ExecMS
 	}
 	c.Top = all[:min(len(all), 8)]
 	return c, nil

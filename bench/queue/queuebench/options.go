@@ -141,14 +141,20 @@ type Cost struct {
 	// WALBytes is the server's WAL written meanwhile
 	// (pg_current_wal_lsn() delta: the whole cluster, autovacuum included).
 	WALBytes int64
+	// ExecMS is the server's execution time of those statements, in
+	// milliseconds (pg_stat_statements' total_exec_time: triggers and
+	// the functions they call included; planning, parsing and the time
+	// between statements not).
+	ExecMS float64
 	// Top are the statements with the most calls, most first.
 	Top []StatementCalls
 }
 
 // StatementCalls is one normalised statement and its calls.
 type StatementCalls struct {
-	Query string
-	Calls int64
+	Query  string
+	Calls  int64
+	ExecMS float64
 }
 
 // SizeRow is one backlog size: each side's rounds, in the order run.

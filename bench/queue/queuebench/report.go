@@ -59,6 +59,23 @@ func perJob(ms []Measure, f func(Measure) int64) (float64, bool) {
 func stmts(m Measure) int64 { return m.Cost.Statements }
 func wal(m Measure) int64   { return m.Cost.WALBytes }
 
+// execNS is the statements' server execution time in nanoseconds, -1
+// without pg_stat_statements.
+func execNS(m Measure) int64 {
+	if m.Cost.Statements < 0 {
+		return -1
+	}
+	return int64(m.Cost.ExecMS * 1e6)
+}
+
+func fmtExecPerJob(ms []Measure) string {
+	v, ok := perJob(ms, execNS)
+	if !ok {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", v/1000)
+}
+
 func fmtRate(x float64) string { return count(int(x + 0.5)) }
 
 func fmtRates(ms []Measure) string {
@@ -115,13 +132,14 @@ func (r *Report) Markdown(w io.Writer) {
 	p("")
 	p("### Backlog worked down (jobs/s; each job a game of its own)")
 	p("")
-	p("| backlog | River jobs/s, median (rounds) | ours jobs/s, median (rounds) | ours/River | statements/job River · ours | WAL bytes/job River · ours |")
-	p("|---|---|---|---|---|---|")
+	p("| backlog | River jobs/s, median (rounds) | ours jobs/s, median (rounds) | ours/River | statements/job River · ours | statement µs/job River · ours | WAL bytes/job River · ours |")
+	p("|---|---|---|---|---|---|---|")
 	for _, row := range r.Sizes {
 		rm, om := median(rates(row.River)), median(rates(row.Ours))
-		p("| %s | **%s** (%s) | **%s** (%s) | **%s** | %s · %s | %s · %s |", count(row.Jobs),
+		p("| %s | **%s** (%s) | **%s** (%s) | **%s** | %s · %s | %s · %s | %s · %s |", count(row.Jobs),
 			fmtRate(rm), fmtRates(row.River), fmtRate(om), fmtRates(row.Ours), ratio(om, rm),
-			fmtPerJob(row.River, stmts, "%.3f"), fmtPerJob(row.Ours, stmts, "%.2f"),
+			fmtPerJob(row.River, stmts, "%.3f"), fmtPerJob(row.Ours, stmts, "%.3f"),
+			fmtExecPerJob(row.River), fmtExecPerJob(row.Ours),
 			fmtPerJob(row.River, wal, "%.0f"), fmtPerJob(row.Ours, wal, "%.0f"))
 	}
 	var commits, claims []float64
@@ -237,16 +255,17 @@ func (r *Report) statementsMarkdown(w io.Writer) {
 		}
 		m := s.ms[len(s.ms)-1]
 		p("")
-		p("%s: %.3f statements and %.0f WAL bytes per job.", s.name, float64(m.Cost.Statements)/float64(m.Jobs), float64(m.Cost.WALBytes)/float64(m.Jobs))
+		p("%s: %.3f statements, %.1f µs of statement execution and %.0f WAL bytes per job.", s.name,
+			float64(m.Cost.Statements)/float64(m.Jobs), m.Cost.ExecMS*1000/float64(m.Jobs), float64(m.Cost.WALBytes)/float64(m.Jobs))
 		p("")
-		p("| calls/job | statement |")
-		p("|---|---|")
+		p("| calls/job | µs/job | statement |")
+		p("|---|---|---|")
 		for _, t := range m.Cost.Top {
 			q := t.Query
 			if len(q) > 110 {
 				q = q[:110] + "…"
 			}
-			p("| %.4f | `%s` |", float64(t.Calls)/float64(m.Jobs), strings.ReplaceAll(q, "|", "\\|"))
+			p("| %.4f | %.1f | `%s` |", float64(t.Calls)/float64(m.Jobs), t.ExecMS*1000/float64(m.Jobs), strings.ReplaceAll(q, "|", "\\|"))
 		}
 	}
 }
