@@ -162,7 +162,7 @@ CREATE TRIGGER jobs_plain_notify AFTER INSERT ON jobs_plain FOR EACH ROW EXECUTE
 			b.Run(fmt.Sprintf("games=%d/%s", games, table), func(b *testing.B) {
 				for b.Loop() {
 					b.StopTimer()
-					if _, err := pool.Exec(ctx, "TRUNCATE "+name+", job_lines"); err != nil {
+					if _, err := pool.Exec(ctx, "TRUNCATE "+name); err != nil {
 						b.Fatal(err)
 					}
 					b.StartTimer()

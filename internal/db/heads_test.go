@@ -399,6 +399,86 @@ func TestHeadsOfAMassInsert(t *testing.T) {
 	checkHeads(t, s, "host-mass-100")
 }
 
+// TestCrossingInsertsOfNewGamesDoNotWait: two Game Master transactions
+// that insert the first jobs of the same new games in opposite orders both
+// commit. With a lock row made per game by its first insert (migration
+// 000010) each waited for the other's uncommitted row, a deadlock
+// PostgreSQL broke by aborting one of them; an insert now waits for nobody.
+// The jobs still run in id order per game.
+func TestCrossingInsertsOfNewGamesDoNotWait(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := s.Pool()
+	const host = "host-crossing"
+	insert := func(tx pgx.Tx, game string) (int64, error) {
+		var id int64
+		err := tx.QueryRow(ctx, `INSERT INTO jobs (host_id, game_id, kind) VALUES ($1, $2, 'stop') RETURNING id`, host, game).Scan(&id)
+		return id, err
+	}
+	tx1, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx1.Rollback(ctx) }()
+	tx2, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx2.Rollback(ctx) }()
+	a1, err := insert(tx1, "crossing-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := insert(tx2, "crossing-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type res struct {
+		id  int64
+		err error
+	}
+	b1c, a2c := make(chan res, 1), make(chan res, 1)
+	go func() { id, err := insert(tx1, "crossing-b"); b1c <- res{id, err} }()
+	go func() { id, err := insert(tx2, "crossing-a"); a2c <- res{id, err} }()
+	b1, a2 := <-b1c, <-a2c
+	if b1.err != nil || a2.err != nil {
+		t.Fatalf("crossing inserts of the same new games: %v; %v", b1.err, a2.err)
+	}
+	if err := tx1.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx2.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Per game, one at a time in id order.
+	for round, want := range [][2]int64{{a1, b2}, {a2.id, b1.id}} {
+		claimed, err := s.ClaimJobs(ctx, host, "o", 10, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[int64]bool{}
+		for _, j := range claimed {
+			got[j.ID] = true
+		}
+		if len(claimed) != 2 || !got[want[0]] || !got[want[1]] {
+			t.Fatalf("claim %d took %+v, want jobs %d and %d", round, claimed, want[0], want[1])
+		}
+		var fs []db.Finish
+		for _, j := range claimed {
+			fs = append(fs, db.Finish{Job: j, Outcome: db.Outcome{Status: job.StatusSucceeded}})
+		}
+		if done, err := s.FinishJobs(ctx, "o", fs); err != nil || len(done) != 2 {
+			t.Fatalf("finish %v: %v", done, err)
+		}
+	}
+	if left := stranded(t, s, host); left != "" {
+		t.Fatalf("stranded: %s", left)
+	}
+}
+
 // TestHeadsUnderRepeatableRead: an insert in REPEATABLE READ cannot read
 // afresh after taking its game's line, so it is always marked the head
 // (the claim's guard keeps the order); ending a head there is refused with

@@ -277,3 +277,61 @@ func TestMigration10MarksTheHeads(t *testing.T) {
 		t.Fatalf("promoted %d, the next job is %d (%v)", next, lowest, err)
 	}
 }
+
+// TestMigration13KeepsTheLinesGoing: the lock rows change from a row per
+// game (job_lines) to the fixed buckets across jobs in every state, a game
+// queued behind a running job is promoted after the migration, and the way
+// back rebuilds a line for each game with unfinished jobs.
+func TestMigration13KeepsTheLinesGoing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u := pgtest.EmptyURL(t)
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 13), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'b', 'stop')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE jobs SET status = 'running', lease_owner = 'o', lease_expires_at = now() + interval '1 minute' WHERE id = (SELECT min(id) FROM jobs WHERE game_id = 'a')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var buckets int
+	var linesLeft bool
+	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM job_line_locks), to_regclass('job_lines') IS NOT NULL`).Scan(&buckets, &linesLeft); err != nil {
+		t.Fatal(err)
+	}
+	if buckets != 65536 || linesLeft {
+		t.Fatalf("after the migration: %d buckets, job_lines left: %v", buckets, linesLeft)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE game_id = 'a' AND status = 'running'`); err != nil {
+		t.Fatal(err)
+	}
+	var heads string
+	if err := conn.QueryRow(ctx, `SELECT string_agg(game_id, ' ' ORDER BY game_id) FROM jobs WHERE is_head AND status = 'queued'`).Scan(&heads); err != nil {
+		t.Fatal(err)
+	}
+	if heads != "a b" {
+		t.Fatalf("queued heads after a's finish: %q, want \"a b\"", heads)
+	}
+	if err := db.MigrateDown(ctx, u, 1, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var lines string
+	if err := conn.QueryRow(ctx, `SELECT string_agg(game_id, ' ' ORDER BY game_id) FROM job_lines`).Scan(&lines); err != nil {
+		t.Fatal(err)
+	}
+	if lines != "a b" {
+		t.Fatalf("job_lines after the way back: %q", lines)
+	}
+}

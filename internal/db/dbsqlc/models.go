@@ -56,8 +56,8 @@ type Job struct {
 	IsHead            bool
 }
 
-type JobLine struct {
-	GameID string
+type JobLineLock struct {
+	Bucket int32
 }
 
 type Outbox struct {
