@@ -49,14 +49,15 @@ BEGIN
         RETURN NEW;
     END IF;
     -- The latest earlier unfinished job of the game, if any. The probe
-    -- compares (game_id, id) as a row, which only the (game_id, id)
-    -- indexes serve: "id < $n" would let the primary key in, and
-    -- statistics that call the table small (after a TRUNCATE) make that a
-    -- walk of the whole table per row. Sequential scans are off for the
-    -- same reason.
+    -- compares (game_id, id) as a row and bounds the game as a range, not
+    -- an equality, so that only the (game_id, id) indexes serve it and
+    -- give its order: with "game_id =" the primary key gives the order
+    -- too (id descending), and statistics that call the table small
+    -- (after a TRUNCATE) make that a walk of the whole table per row.
+    -- Sequential scans are off for the same reason.
     SELECT e.xmin = xid(pg_current_xact_id()) INTO ours
     FROM jobs e
-    WHERE e.game_id = NEW.game_id
+    WHERE e.game_id >= NEW.game_id AND e.game_id <= NEW.game_id
       AND (e.game_id, e.id) < (NEW.game_id, NEW.id)
       AND e.status IN ('queued', 'running')
     ORDER BY e.game_id DESC, e.id DESC
