@@ -143,6 +143,65 @@ func BenchmarkClaimFinishBatch(b *testing.B) {
 	}
 }
 
+// BenchmarkFinishParts times one batch finish of 256 running jobs, each of
+// a game of its own (the no-op benchmark's shape), whole and with a part of
+// its work switched off, so that the parts' shares can be read as
+// differences: "no_promotion" disables the statement trigger that promotes
+// the next job of each ended head (migration 000010), "no_events" drops
+// the outbox rows in a BEFORE INSERT trigger, "neither" does both. Only
+// "whole" is what the agent runs.
+func BenchmarkFinishParts(b *testing.B) {
+	const batch = 256
+	for _, part := range []string{"whole", "no_promotion", "no_events", "neither"} {
+		b.Run(part, func(b *testing.B) {
+			s := db.NewStore(pgtest.Pool(b), nil)
+			ctx := context.Background()
+			setup := map[string][]string{
+				"no_promotion": {"ALTER TABLE jobs DISABLE TRIGGER jobs_head_finish"},
+				"no_events": {`CREATE FUNCTION bench_drop_row() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'`,
+					"CREATE TRIGGER bench_drop_event BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION bench_drop_row()"},
+			}
+			setup["neither"] = append(setup["no_promotion"], setup["no_events"]...)
+			for _, q := range setup[part] {
+				if _, err := s.Pool().Exec(ctx, q); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if _, err := s.Pool().Exec(ctx,
+				`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-a', 'g' || i, 'stop' FROM generate_series(1, $1) i`, b.N*batch); err != nil {
+				b.Fatal(err)
+			}
+			batches := make([][]db.Finish, 0, b.N)
+			for range b.N {
+				jobs, err := s.ClaimJobs(ctx, "host-a", "agent-1", batch, time.Hour)
+				if err != nil || len(jobs) != batch {
+					b.Fatalf("claim: %d jobs, %v", len(jobs), err)
+				}
+				fs := make([]db.Finish, len(jobs))
+				for i, j := range jobs {
+					fs[i] = db.Finish{Job: j, Outcome: db.Outcome{Status: job.StatusSucceeded}}
+				}
+				batches = append(batches, fs)
+			}
+			if _, err := s.Pool().Exec(ctx, "VACUUM ANALYZE jobs"); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for _, fs := range batches {
+				if _, err := s.FinishJobs(ctx, "agent-1", fs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			var left int
+			if err := s.Pool().QueryRow(ctx, "SELECT count(*) FROM jobs WHERE status = 'running'").Scan(&left); err != nil || left != 0 {
+				b.Fatalf("%d jobs still running after the finishes (%v)", left, err)
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "us/job")
+		})
+	}
+}
+
 // BenchmarkMassInsert is the Game Master's mass operation: one plain INSERT
 // of 50,000 jobs, over 100 games (long lines) and over 50,000 (one job
 // each). Its baseline, "plain", is the same INSERT into a copy of the jobs
