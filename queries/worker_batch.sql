@@ -14,26 +14,11 @@
 -- joins the single row of lock_count, which exists only once lock_keys has
 -- been read to the end; the INSERT reads the UPDATE's rows. So no write can
 -- happen while a lock is still outstanding.
-WITH input AS MATERIALIZED (
-    -- One row per job, read from the parallel arrays in one pass. (Looking
-    -- each value up with array_position walked the arrays once per value
-    -- and row: quadratic in the batch, most of the finish's cost at a few
-    -- hundred jobs.)
-    -- (Set-returning functions in one select list run in step.)
-    SELECT
-        unnest(sqlc.arg(ids)::bigint[]) AS id,
-        unnest(sqlc.arg(game_ids)::text[]) AS game_id,
-        unnest(sqlc.arg(attempts)::integer[]) AS attempt,
-        unnest(sqlc.arg(statuses)::text[]) AS status,
-        unnest(sqlc.arg(last_errors)::text[]) AS last_error,
-        unnest(sqlc.arg(event_types)::text[]) AS event_type,
-        unnest(sqlc.arg(payloads)::text[]) AS payload
-),
-lock_keys AS MATERIALIZED (
+WITH lock_keys AS MATERIALIZED (
     SELECT pg_advisory_xact_lock(1920233, k.key)
     FROM (
-        SELECT DISTINCT hashtext(game_id) AS key
-        FROM input
+        SELECT DISTINCT hashtext(g) AS key
+        FROM unnest(sqlc.arg(game_ids)::text[]) AS g
         ORDER BY 1
     ) AS k
     ORDER BY k.key
@@ -42,24 +27,29 @@ lock_count AS MATERIALIZED (
     SELECT count(*) AS n FROM lock_keys
 ),
 done AS (
-    -- Each job found through the primary key from its input row: the
-    -- batch's rows, whatever else the table holds.
+    -- Driven by the primary key (id = ANY), each job's own values looked
+    -- up by its place in the arrays: a join with input would be planned
+    -- from estimates that say nothing about the batch (a nested loop over
+    -- every running job of the fleet, times the batch), where this costs
+    -- the batch's rows whatever else the table holds.
     UPDATE jobs
-    SET status = input.status,
-        last_error = nullif(input.last_error, ''),
+    SET status = (sqlc.arg(statuses)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)],
+        last_error = nullif((sqlc.arg(last_errors)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)], ''),
         finished_at = now(),
         lease_owner = NULL,
         lease_expires_at = NULL
-    FROM input, lock_count
-    WHERE jobs.id = input.id
-      AND jobs.game_id = input.game_id
-      AND jobs.attempt = input.attempt
+    FROM lock_count
+    WHERE jobs.id = ANY(sqlc.arg(ids)::bigint[])
+      AND jobs.game_id = (sqlc.arg(game_ids)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)]
+      AND jobs.attempt = (sqlc.arg(attempts)::integer[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)]
       -- IS TRUE keeps the planner off jobs_lease_idx (every running job
       -- of the fleet): the batch's ids through the primary key are fewer.
       AND (jobs.status = 'running') IS TRUE
       AND jobs.lease_owner = sqlc.arg(lease_owner)::text
       AND lock_count.n >= 0
-    RETURNING jobs.id, jobs.game_id, jobs.host_id, input.event_type, input.payload
+    RETURNING jobs.id, jobs.game_id, jobs.host_id,
+        (sqlc.arg(event_types)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)] AS event_type,
+        (sqlc.arg(payloads)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)] AS payload
 )
 INSERT INTO outbox (type, host_id, game_id, job_id, payload)
 SELECT done.event_type, done.host_id, done.game_id, done.id, done.payload::jsonb

@@ -10,26 +10,11 @@ import (
 )
 
 const finishJobs = `-- name: FinishJobs :many
-WITH input AS MATERIALIZED (
-    -- One row per job, read from the parallel arrays in one pass. (Looking
-    -- each value up with array_position walked the arrays once per value
-    -- and row: quadratic in the batch, most of the finish's cost at a few
-    -- hundred jobs.)
-    -- (Set-returning functions in one select list run in step.)
-    SELECT
-        unnest($1::bigint[]) AS id,
-        unnest($2::text[]) AS game_id,
-        unnest($3::integer[]) AS attempt,
-        unnest($4::text[]) AS status,
-        unnest($5::text[]) AS last_error,
-        unnest($6::text[]) AS event_type,
-        unnest($7::text[]) AS payload
-),
-lock_keys AS MATERIALIZED (
+WITH lock_keys AS MATERIALIZED (
     SELECT pg_advisory_xact_lock(1920233, k.key)
     FROM (
-        SELECT DISTINCT hashtext(game_id) AS key
-        FROM input
+        SELECT DISTINCT hashtext(g) AS key
+        FROM unnest($1::text[]) AS g
         ORDER BY 1
     ) AS k
     ORDER BY k.key
@@ -38,24 +23,29 @@ lock_count AS MATERIALIZED (
     SELECT count(*) AS n FROM lock_keys
 ),
 done AS (
-    -- Each job found through the primary key from its input row: the
-    -- batch's rows, whatever else the table holds.
+    -- Driven by the primary key (id = ANY), each job's own values looked
+    -- up by its place in the arrays: a join with input would be planned
+    -- from estimates that say nothing about the batch (a nested loop over
+    -- every running job of the fleet, times the batch), where this costs
+    -- the batch's rows whatever else the table holds.
     UPDATE jobs
-    SET status = input.status,
-        last_error = nullif(input.last_error, ''),
+    SET status = ($2::text[])[array_position($3::bigint[], jobs.id)],
+        last_error = nullif(($4::text[])[array_position($3::bigint[], jobs.id)], ''),
         finished_at = now(),
         lease_owner = NULL,
         lease_expires_at = NULL
-    FROM input, lock_count
-    WHERE jobs.id = input.id
-      AND jobs.game_id = input.game_id
-      AND jobs.attempt = input.attempt
+    FROM lock_count
+    WHERE jobs.id = ANY($3::bigint[])
+      AND jobs.game_id = ($1::text[])[array_position($3::bigint[], jobs.id)]
+      AND jobs.attempt = ($5::integer[])[array_position($3::bigint[], jobs.id)]
       -- IS TRUE keeps the planner off jobs_lease_idx (every running job
       -- of the fleet): the batch's ids through the primary key are fewer.
       AND (jobs.status = 'running') IS TRUE
-      AND jobs.lease_owner = $8::text
+      AND jobs.lease_owner = $6::text
       AND lock_count.n >= 0
-    RETURNING jobs.id, jobs.game_id, jobs.host_id, input.event_type, input.payload
+    RETURNING jobs.id, jobs.game_id, jobs.host_id,
+        ($7::text[])[array_position($3::bigint[], jobs.id)] AS event_type,
+        ($8::text[])[array_position($3::bigint[], jobs.id)] AS payload
 )
 INSERT INTO outbox (type, host_id, game_id, job_id, payload)
 SELECT done.event_type, done.host_id, done.game_id, done.id, done.payload::jsonb
@@ -65,14 +55,14 @@ RETURNING job_id::bigint AS job_id, id
 `
 
 type FinishJobsParams struct {
-	Ids        []int64
 	GameIds    []string
-	Attempts   []int32
 	Statuses   []string
+	Ids        []int64
 	LastErrors []string
+	Attempts   []int32
+	LeaseOwner string
 	EventTypes []string
 	Payloads   []string
-	LeaseOwner string
 }
 
 type FinishJobsRow struct {
@@ -97,14 +87,14 @@ type FinishJobsRow struct {
 // happen while a lock is still outstanding.
 func (q *Queries) FinishJobs(ctx context.Context, arg FinishJobsParams) ([]FinishJobsRow, error) {
 	rows, err := q.db.Query(ctx, finishJobs,
-		arg.Ids,
 		arg.GameIds,
-		arg.Attempts,
 		arg.Statuses,
+		arg.Ids,
 		arg.LastErrors,
+		arg.Attempts,
+		arg.LeaseOwner,
 		arg.EventTypes,
 		arg.Payloads,
-		arg.LeaseOwner,
 	)
 	if err != nil {
 		return nil, err
