@@ -2,8 +2,8 @@ package db_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,42 +13,8 @@ import (
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
+	"github.com/galaxy/rtmanager/internal/testutil/pgtrace"
 )
-
-// statementLog records the statements a pool sends, with their arguments,
-// so that a test can EXPLAIN exactly what the store ran.
-type statementLog struct {
-	mu    sync.Mutex
-	stmts []loggedStatement
-}
-
-type loggedStatement struct {
-	sql  string
-	args []any
-}
-
-func (l *statementLog) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.stmts = append(l.stmts, loggedStatement{sql: d.SQL, args: append([]any(nil), d.Args...)})
-	return ctx
-}
-
-func (l *statementLog) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-// last returns the last statement whose text contains marker.
-func (l *statementLog) last(t *testing.T, marker string) loggedStatement {
-	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for i := len(l.stmts) - 1; i >= 0; i-- {
-		if strings.Contains(l.stmts[i].sql, marker) {
-			return l.stmts[i]
-		}
-	}
-	t.Fatalf("no statement %q was sent", marker)
-	return loggedStatement{}
-}
 
 // TestBatchStatementsKeepTheirIndexesOnStaleStatistics: the claim and the
 // batch finish are planned through indexes even when the statistics were
@@ -65,8 +31,8 @@ func TestBatchStatementsKeepTheirIndexesOnStaleStatistics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var log statementLog
-	cfg.ConnConfig.Tracer = &log
+	var rec pgtrace.Recorder
+	cfg.ConnConfig.Tracer = &rec
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -83,21 +49,30 @@ func TestBatchStatementsKeepTheirIndexesOnStaleStatistics(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	claimed, err := s.ClaimJobs(ctx, host, "owner", 2000, time.Minute)
-	if err != nil || len(claimed) != 101 {
-		t.Fatalf("claim: %d jobs, %v (want the 101 heads)", len(claimed), err)
-	}
-	fs := make([]db.Finish, len(claimed))
-	for i, j := range claimed {
-		fs[i] = db.Finish{Job: j, Outcome: db.Outcome{Status: job.StatusSucceeded}}
-	}
-	if done, err := s.FinishJobs(ctx, "owner", fs); err != nil || len(done) != len(fs) {
-		t.Fatalf("finish: %d of %d, %v", len(done), len(fs), err)
+	stmts, err := rec.Record(func() error {
+		claimed, err := s.ClaimJobs(ctx, host, "owner", 2000, time.Minute)
+		if err != nil || len(claimed) != 101 {
+			return fmt.Errorf("claim: %d jobs, %v (want the 101 heads)", len(claimed), err)
+		}
+		fs := make([]db.Finish, len(claimed))
+		for i, j := range claimed {
+			fs[i] = db.Finish{Job: j, Outcome: db.Outcome{Status: job.StatusSucceeded}}
+		}
+		if done, err := s.FinishJobs(ctx, "owner", fs); err != nil || len(done) != len(fs) {
+			return fmt.Errorf("finish: %d of %d, %v", len(done), len(fs), err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	for _, name := range []string{"name: ClaimJobs", "name: FinishJobs"} {
-		st := log.last(t, name)
-		rows, err := pool.Query(ctx, "EXPLAIN "+st.sql, st.args...)
+		st, ok := pgtrace.Last(stmts, name)
+		if !ok {
+			t.Fatalf("no statement %q was sent", name)
+		}
+		rows, err := pool.Query(ctx, "EXPLAIN "+st.SQL, st.Args...)
 		if err != nil {
 			t.Fatalf("explain %s: %v", name, err)
 		}

@@ -7,9 +7,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/galaxy/rtmanager/internal/testutil/pgtrace"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -79,57 +79,20 @@ ORDER BY calls DESC`, datname)
 	return c, nil
 }
 
-// capture records the statements a pool runs while on, so that the claim
-// statements can be explained as the code sends them: their text and
-// arguments come from the real call, never from a copy here.
-type capture struct {
-	mu    sync.Mutex
-	on    bool
-	stmts []captured
-}
-
-type captured struct {
-	sql  string
-	args []any
-}
-
-func (c *capture) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.on {
-		c.stmts = append(c.stmts, captured{sql: d.SQL, args: append([]any(nil), d.Args...)})
-	}
-	return ctx
-}
-
-func (c *capture) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-// record runs f with the capture on and returns what it ran.
-func (c *capture) record(f func() error) ([]captured, error) {
-	c.mu.Lock()
-	c.on, c.stmts = true, nil
-	c.mu.Unlock()
-	err := f()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.on = false
-	return c.stmts, err
-}
-
 var txControl = regexp.MustCompile(`(?i)^\s*(begin|commit|rollback|savepoint|release)\b`)
 
 // explain runs EXPLAIN (ANALYZE, BUFFERS) of the captured statements on
 // conn, each in a transaction that is rolled back, with the arguments
 // equal to a key of subst replaced by its value (a probe call's host or
 // queue by the real one).
-func explain(ctx context.Context, conn *pgx.Conn, name string, stmts []captured, subst map[string]string) (Explain, error) {
+func explain(ctx context.Context, conn *pgx.Conn, name string, stmts []pgtrace.Statement, subst map[string]string) (Explain, error) {
 	ex := Explain{Statement: name}
 	for i, s := range stmts {
-		if txControl.MatchString(s.sql) {
+		if txControl.MatchString(s.SQL) {
 			continue
 		}
-		args := make([]any, len(s.args))
-		for j, a := range s.args {
+		args := make([]any, len(s.Args))
+		for j, a := range s.Args {
 			args[j] = a
 			if str, ok := a.(string); ok {
 				if v, ok := subst[str]; ok {
@@ -137,7 +100,7 @@ func explain(ctx context.Context, conn *pgx.Conn, name string, stmts []captured,
 				}
 			}
 		}
-		custom, err := explainOnce(ctx, conn, "/* queuebench */ EXPLAIN (ANALYZE, BUFFERS) "+s.sql, args, "")
+		custom, err := explainOnce(ctx, conn, "/* queuebench */ EXPLAIN (ANALYZE, BUFFERS) "+s.SQL, args, "")
 		if err != nil {
 			return ex, fmt.Errorf("explain %s: %w", name, err)
 		}
@@ -152,7 +115,7 @@ func explain(ctx context.Context, conn *pgx.Conn, name string, stmts []captured,
 		stmt := fmt.Sprintf("qb_explain_%d", i)
 		generic, err := explainOnce(ctx, conn,
 			fmt.Sprintf("/* queuebench */ EXPLAIN (ANALYZE, BUFFERS) EXECUTE %s(%s)", stmt, strings.Join(lits, ", ")), nil,
-			fmt.Sprintf("/* queuebench */ PREPARE %s AS %s", stmt, s.sql))
+			fmt.Sprintf("/* queuebench */ PREPARE %s AS %s", stmt, s.SQL))
 		if err != nil {
 			return ex, fmt.Errorf("explain %s (generic plan): %w", name, err)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/testutil/pgtrace"
 )
 
 const (
@@ -172,14 +173,14 @@ func (o *ours) prepareWith(ctx context.Context, exec worker.Executor) (*runner, 
 // db.Store.ClaimJobs for a host without jobs records the statements and
 // their arguments; they are explained with the bench host in its place.
 func (o *ours) explainClaim(ctx context.Context) (Explain, error) {
-	cp := &capture{}
+	cp := &pgtrace.Recorder{}
 	pool, err := db.Connect(ctx, o.url, func(c *pgxpool.Config) { c.MaxConns = 1; c.ConnConfig.Tracer = cp })
 	if err != nil {
 		return Explain{}, err
 	}
 	defer pool.Close()
 	store := db.NewStore(pool, nil)
-	stmts, err := cp.record(func() error {
+	stmts, err := cp.Record(func() error {
 		got, err := store.ClaimJobs(ctx, probeHost, probeOwner, o.concurrency+o.prefetch, 30*time.Second)
 		if err == nil && len(got) > 0 {
 			err = errors.New("the probe host has jobs")

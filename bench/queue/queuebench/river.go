@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync/atomic"
 
+	"github.com/galaxy/rtmanager/internal/testutil/pgtrace"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver"
@@ -170,7 +171,7 @@ func (r *riverSide) prepare(ctx context.Context) (*runner, error) {
 // fetch).
 func (r *riverSide) explainFetch(ctx context.Context) (Explain, error) {
 	const probeQueue = "queuebench-probe-queue"
-	cp := &capture{}
+	cp := &pgtrace.Recorder{}
 	cfg, err := pgxpool.ParseConfig(r.url)
 	if err != nil {
 		return Explain{}, err
@@ -183,7 +184,7 @@ func (r *riverSide) explainFetch(ctx context.Context) (Explain, error) {
 	}
 	defer pool.Close()
 	exec := riverpgxv5.New(pool).GetExecutor()
-	stmts, err := cp.record(func() error {
+	stmts, err := cp.Record(func() error {
 		_, err := exec.JobGetAvailable(ctx, &riverdriver.JobGetAvailableParams{
 			ClientID: "queuebench-probe", MaxAttemptedBy: 100, MaxToLock: r.cfg.Queues[river.QueueDefault].MaxWorkers,
 			Queue: probeQueue,
