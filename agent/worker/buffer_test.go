@@ -267,3 +267,54 @@ func TestHeldJobsCancelNotifiedAtOnce(t *testing.T) {
 		t.Fatalf("outcome events of the buffered job: %v", got)
 	}
 }
+
+// TestStopDuringAClaimLosesNoJob: a stop that lands while the claim
+// statement runs. The claim is not cancelled: pgx gives up on a cancelled
+// statement at once, and when its cancel request reaches the server before
+// the statement starts (CI caught it once), the server still runs and
+// commits the claim, and the worker drained without the jobs it had just
+// claimed, which stayed running under its lease until the lease expired.
+// Cancelling the claim cannot be made safe, so it runs to its end and its
+// jobs are run or released like any other. (That narrow window cannot be
+// hit on purpose; this checks that the claim is no longer cancelled.)
+func TestStopDuringAClaimLosesNoJob(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	// Each row this owner claims takes half a second on the server.
+	if _, err := s.Pool().Exec(ctx, `
+CREATE FUNCTION test_slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(0.5);
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER test_slow_claim BEFORE UPDATE ON jobs FOR EACH ROW
+    WHEN (OLD.status = 'queued' AND NEW.status = 'running' AND NEW.lease_owner = 'owner-slow')
+    EXECUTE FUNCTION test_slow_claim()`); err != nil {
+		t.Fatal(err)
+	}
+	ids := insertBacklog(t, s, "slow-claim-", 1)
+	cfg := testConfig("owner-slow")
+	cfg.UseListen = false
+	w := worker.New(s, worker.Noop, cfg)
+	stop := startWorker(t, w)
+	sleeping := func() bool {
+		var n int
+		err := s.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%ClaimJobs%'`).Scan(&n)
+		return err == nil && n > 0
+	}
+	wait.For(t, 10*time.Second, "the claim statement to be running on the server", sleeping)
+	stop()
+	wait.For(t, 10*time.Second, "the claim statement to end on the server", func() bool { return !sleeping() })
+	j, err := s.GetJob(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.StartedAt == nil {
+		t.Fatalf("job %d: the claim under way at the stop was cancelled (%s, never started)", j.ID, j.Status)
+	}
+	if j.Status == job.StatusRunning {
+		t.Fatalf("job %d is left running under %q's lease after its agent stopped", j.ID, j.LeaseOwner)
+	}
+}

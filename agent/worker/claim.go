@@ -26,7 +26,14 @@ func (w *Worker) claim(ctx context.Context, due *time.Timer, again bool) bool {
 		return false
 	}
 	sent := time.Now()
-	c, err := w.store.Claim(ctx, w.cfg.HostID, w.cfg.Owner, free, w.cfg.LeaseDuration)
+	// The statement runs to its end even if ctx ends meanwhile. pgx gives
+	// up on a cancelled statement at once, but one already sent may still
+	// commit on the server: its jobs would then be running under this
+	// agent's lease unseen by it, neither run nor released by the drain,
+	// until the lease expired. A claim slower than a lease is of no use.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.LeaseDuration)
+	c, err := w.store.Claim(cctx, w.cfg.HostID, w.cfg.Owner, free, w.cfg.LeaseDuration)
+	cancel()
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Warn("claiming jobs failed; retrying at the next poll", "host_id", w.cfg.HostID, "err", err)
