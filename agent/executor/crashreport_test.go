@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/galaxy/rtmanager/agent/reconcile"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
+	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
 // TestEngineThatCrashesAtStartHasACrashReport: an engine that exits with
@@ -23,7 +25,13 @@ func TestEngineThatCrashesAtStartHasACrashReport(t *testing.T) {
 	e.succeeded(id)
 	r := e.record("crashstart")
 	if r.Status == runtime.StatusRunning {
-		// The job looked before the engine exited: a relist records it.
+		// The job looked before the engine exited: a relist records it,
+		// once Docker has seen the exit (a relist before it finds the
+		// engine running, which it still is).
+		wait.For(t, time.Minute, "the engine to exit", func() bool {
+			c, err := e.eng.InspectContainer(context.Background(), r.CurrentContainerID)
+			return err == nil && !c.Running
+		})
 		rec := reconcile.New(e.store, e.eng, reconcile.Config{HostID: e.hostID, OrphanGrace: -1, EventGrace: -1})
 		if _, err := rec.Pass(context.Background(), "test"); err != nil {
 			t.Fatal(err)
