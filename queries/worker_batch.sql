@@ -32,24 +32,32 @@ done AS (
     -- from estimates that say nothing about the batch (a nested loop over
     -- every running job of the fleet, times the batch), where this costs
     -- the batch's rows whatever else the table holds.
+    --
+    -- The ids come in ascending order (Store.FinishJobs sorts them), so
+    -- width_bucket finds a job's place by binary search: array_position
+    -- compared each id with half the batch on average, six times per row,
+    -- a sixth of the statement's time at 256 jobs. The place is
+    -- checked to hold the job, so ids out of order finish nothing rather
+    -- than the wrong values.
     UPDATE jobs
-    SET status = (sqlc.arg(statuses)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)],
-        last_error = nullif((sqlc.arg(last_errors)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)], ''),
+    SET status = (sqlc.arg(statuses)::text[])[width_bucket(jobs.id, sqlc.arg(ids)::bigint[])],
+        last_error = nullif((sqlc.arg(last_errors)::text[])[width_bucket(jobs.id, sqlc.arg(ids)::bigint[])], ''),
         finished_at = now(),
         lease_owner = NULL,
         lease_expires_at = NULL
     FROM lock_count
     WHERE jobs.id = ANY(sqlc.arg(ids)::bigint[])
-      AND jobs.game_id = (sqlc.arg(game_ids)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)]
-      AND jobs.attempt = (sqlc.arg(attempts)::integer[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)]
+      AND (sqlc.arg(ids)::bigint[])[width_bucket(jobs.id, sqlc.arg(ids)::bigint[])] = jobs.id
+      AND jobs.game_id = (sqlc.arg(game_ids)::text[])[width_bucket(jobs.id, sqlc.arg(ids)::bigint[])]
+      AND jobs.attempt = (sqlc.arg(attempts)::integer[])[width_bucket(jobs.id, sqlc.arg(ids)::bigint[])]
       -- IS TRUE keeps the planner off jobs_lease_idx (every running job
       -- of the fleet): the batch's ids through the primary key are fewer.
       AND (jobs.status = 'running') IS TRUE
       AND jobs.lease_owner = sqlc.arg(lease_owner)::text
       AND lock_count.n >= 0
     RETURNING jobs.id, jobs.game_id, jobs.host_id,
-        (sqlc.arg(event_types)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)] AS event_type,
-        (sqlc.arg(payloads)::text[])[array_position(sqlc.arg(ids)::bigint[], jobs.id)] AS payload
+        (sqlc.arg(event_types)::text[])[width_bucket(jobs.id, sqlc.arg(ids)::bigint[])] AS event_type,
+        (sqlc.arg(payloads)::text[])[width_bucket(jobs.id, sqlc.arg(ids)::bigint[])] AS payload
 )
 INSERT INTO outbox (type, host_id, game_id, job_id, payload)
 SELECT done.event_type, done.host_id, done.game_id, done.id, done.payload::jsonb

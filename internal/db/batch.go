@@ -1,8 +1,10 @@
 package db
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
@@ -44,13 +46,14 @@ func (s *Store) FinishJobs(ctx context.Context, owner string, batch []Finish) (m
 		EventTypes: make([]string, len(batch)),
 		Payloads:   make([]string, len(batch)),
 	}
-	seen := make(map[int64]struct{}, len(batch))
+	// The statement finds each job's place in the arrays by binary search
+	// over the ids, so they go in ascending order.
+	batch = slices.SortedFunc(slices.Values(batch), func(a, b Finish) int { return cmp.Compare(a.Job.ID, b.Job.ID) })
 	for i, f := range batch {
 		j, o := f.Job, f.Outcome
-		if _, dup := seen[j.ID]; dup {
+		if i > 0 && batch[i-1].Job.ID == j.ID {
 			return nil, fmt.Errorf("finish jobs: job %d is twice in the batch", j.ID)
 		}
-		seen[j.ID] = struct{}{}
 		if !o.Status.IsFinal() {
 			return nil, fmt.Errorf("finish job %d: status %q is not final", j.ID, o.Status)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/galaxy/rtmanager/internal/db"
+	"github.com/galaxy/rtmanager/internal/db/dbsqlc"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
@@ -66,9 +67,11 @@ func TestFinishJobsWritesEachOutcomeWithOneEvent(t *testing.T) {
 		{Status: job.StatusCancelled},
 	}
 	wantType := []outbox.Type{outbox.TypeJobSucceeded, outbox.TypeJobFailed, outbox.TypeJobCancelled}
+	// Handed in against id order: the store sorts the batch, as the
+	// statement looks each job up by binary search over the ids.
 	batch := make([]db.Finish, len(claimed))
 	for i, j := range claimed {
-		batch[i] = db.Finish{Job: j, Outcome: outcomes[i]}
+		batch[len(claimed)-1-i] = db.Finish{Job: j, Outcome: outcomes[i]}
 	}
 	done, err := s.FinishJobs(ctx, "agent-1", batch)
 	if err != nil || len(done) != len(claimed) {
@@ -105,6 +108,64 @@ func TestFinishJobsWritesEachOutcomeWithOneEvent(t *testing.T) {
 	}
 	if n := len(readEvents(t, s, 3)); n != 3 {
 		t.Fatalf("%d events after a second finish, want 3", n)
+	}
+}
+
+// TestFinishJobsStatementRefusesIdsOutOfOrder calls the statement itself
+// with ids against the ascending order the store keeps: the binary search
+// then lands on other jobs' places, and the statement must finish nothing
+// rather than give a job another's status or event. The three jobs are of
+// one game and attempt (made running by hand, as no claim would), so only
+// the statement's check of the id tells the places apart.
+func TestFinishJobsStatementRefusesIdsOutOfOrder(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	var claimed []db.Job
+	for range 3 {
+		j, _, err := s.InsertJob(ctx, db.NewJob{HostID: "host-a", GameID: "g", Kind: job.KindStop})
+		if err != nil {
+			t.Fatal(err)
+		}
+		claimed = append(claimed, j)
+	}
+	if _, err := s.Pool().Exec(ctx, `UPDATE jobs SET status = 'running', lease_owner = 'agent-1', attempt = 1,
+		started_at = now(), lease_expires_at = now() + interval '1 hour' WHERE game_id = 'g'`); err != nil {
+		t.Fatal(err)
+	}
+	p := dbsqlc.FinishJobsParams{LeaseOwner: "agent-1"}
+	for i := len(claimed) - 1; i >= 0; i-- {
+		j := claimed[i]
+		p.Ids = append(p.Ids, j.ID)
+		p.GameIds = append(p.GameIds, j.GameID)
+		p.Attempts = append(p.Attempts, 1)
+		p.Statuses = append(p.Statuses, string(job.StatusFailed))
+		p.LastErrors = append(p.LastErrors, fmt.Sprintf("the error of job %d", j.ID))
+		p.EventTypes = append(p.EventTypes, string(outbox.TypeJobFailed))
+		p.Payloads = append(p.Payloads, fmt.Sprintf(`{"job_id": %d}`, j.ID))
+	}
+	rows, err := dbsqlc.New(s.Pool()).FinishJobs(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The middle id sits in its own place even reversed; the others must
+	// not be finished with each other's values.
+	for _, r := range rows {
+		if r.JobID != claimed[1].ID {
+			t.Fatalf("finished job %d from ids out of order: %+v", r.JobID, rows)
+		}
+	}
+	for _, j := range claimed {
+		got, err := s.GetJob(ctx, j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status == job.StatusFailed && got.LastError != fmt.Sprintf("the error of job %d", j.ID) {
+			t.Fatalf("job %d finished with another job's error %q", j.ID, got.LastError)
+		}
+		if j.ID != claimed[1].ID && got.Status != job.StatusRunning {
+			t.Fatalf("job %d is %s after ids out of order, want running", j.ID, got.Status)
+		}
 	}
 }
 

@@ -28,24 +28,32 @@ done AS (
     -- from estimates that say nothing about the batch (a nested loop over
     -- every running job of the fleet, times the batch), where this costs
     -- the batch's rows whatever else the table holds.
+    --
+    -- The ids come in ascending order (Store.FinishJobs sorts them), so
+    -- width_bucket finds a job's place by binary search: array_position
+    -- compared each id with half the batch on average, six times per row,
+    -- a sixth of the statement's time at 256 jobs. The place is
+    -- checked to hold the job, so ids out of order finish nothing rather
+    -- than the wrong values.
     UPDATE jobs
-    SET status = ($2::text[])[array_position($3::bigint[], jobs.id)],
-        last_error = nullif(($4::text[])[array_position($3::bigint[], jobs.id)], ''),
+    SET status = ($2::text[])[width_bucket(jobs.id, $3::bigint[])],
+        last_error = nullif(($4::text[])[width_bucket(jobs.id, $3::bigint[])], ''),
         finished_at = now(),
         lease_owner = NULL,
         lease_expires_at = NULL
     FROM lock_count
     WHERE jobs.id = ANY($3::bigint[])
-      AND jobs.game_id = ($1::text[])[array_position($3::bigint[], jobs.id)]
-      AND jobs.attempt = ($5::integer[])[array_position($3::bigint[], jobs.id)]
+      AND ($3::bigint[])[width_bucket(jobs.id, $3::bigint[])] = jobs.id
+      AND jobs.game_id = ($1::text[])[width_bucket(jobs.id, $3::bigint[])]
+      AND jobs.attempt = ($5::integer[])[width_bucket(jobs.id, $3::bigint[])]
       -- IS TRUE keeps the planner off jobs_lease_idx (every running job
       -- of the fleet): the batch's ids through the primary key are fewer.
       AND (jobs.status = 'running') IS TRUE
       AND jobs.lease_owner = $6::text
       AND lock_count.n >= 0
     RETURNING jobs.id, jobs.game_id, jobs.host_id,
-        ($7::text[])[array_position($3::bigint[], jobs.id)] AS event_type,
-        ($8::text[])[array_position($3::bigint[], jobs.id)] AS payload
+        ($7::text[])[width_bucket(jobs.id, $3::bigint[])] AS event_type,
+        ($8::text[])[width_bucket(jobs.id, $3::bigint[])] AS payload
 )
 INSERT INTO outbox (type, host_id, game_id, job_id, payload)
 SELECT done.event_type, done.host_id, done.game_id, done.id, done.payload::jsonb
