@@ -1,8 +1,13 @@
 package db_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +16,7 @@ import (
 	"github.com/galaxy/rtmanager/internal/domain/outbox"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
 	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
+	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
 // BenchmarkRawCommit is the baseline for the store's figures: one INSERT in
@@ -186,6 +192,7 @@ func BenchmarkFinishParts(b *testing.B) {
 			if _, err := s.Pool().Exec(ctx, "VACUUM ANALYZE jobs"); err != nil {
 				b.Fatal(err)
 			}
+			stopProfile := perfRecord(b, "finish-"+part)
 			b.ResetTimer()
 			for _, fs := range batches {
 				if _, err := s.FinishJobs(ctx, "agent-1", fs); err != nil {
@@ -193,12 +200,49 @@ func BenchmarkFinishParts(b *testing.B) {
 				}
 			}
 			b.StopTimer()
+			stopProfile()
 			var left int
 			if err := s.Pool().QueryRow(ctx, "SELECT count(*) FROM jobs WHERE status = 'running'").Scan(&left); err != nil || left != 0 {
 				b.Fatalf("%d jobs still running after the finishes (%v)", left, err)
 			}
 			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "us/job")
 		})
+	}
+}
+
+// perfRecord profiles the whole machine (the server's backends included)
+// with perf until the returned function is called, when RTM_BENCH_PERF
+// names a directory: the profile of the timed part only, in DIR/name.perf.
+// Read the server's share with
+//
+//	perf report -i DIR/name.perf --comm postgres --percentage relative --children --sort symbol
+func perfRecord(b *testing.B, name string) (stop func()) {
+	b.Helper()
+	dir := os.Getenv("RTM_BENCH_PERF")
+	if dir == "" {
+		return func() {}
+	}
+	file := filepath.Join(dir, name+".perf")
+	_ = os.Remove(file)
+	cmd := exec.Command("perf", "record", "-F", "1999", "-a", "-g", "-o", file)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("RTM_BENCH_PERF is set, but perf does not start (install linux-perf): %v", err)
+	}
+	// perf writes its file's header once it records.
+	wait.For(b, 30*time.Second, "perf to start recording", func() bool {
+		fi, err := os.Stat(file)
+		return err == nil && fi.Size() > 0
+	})
+	return func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		// perf ends by its own SIGINT, so Wait reports the signal: what it
+		// printed says whether the profile was written.
+		err := cmd.Wait()
+		if !strings.Contains(out.String(), "Captured and wrote") {
+			b.Fatalf("perf record: %v\n%s", err, out.String())
+		}
 	}
 }
 
