@@ -65,7 +65,8 @@ func (h *harness) growth(ctx context.Context, rep *Report) error {
 // hotGame puts one game with HotJobs queued jobs ahead of OtherGames games
 // with OtherJobsPerGame jobs each, and measures the other games: their
 // throughput working down their backlog, then their pickup latency for
-// jobs inserted at OtherRate while the hot game's jobs are still queued.
+// PickupJobs jobs inserted at OtherRate while the hot game's jobs are
+// still queued.
 // The base is the same without the hot game.
 func (h *harness) hotGame(ctx context.Context) (GrowthRow, error) {
 	o := h.opts
@@ -147,10 +148,10 @@ FROM jobs WHERE game_id <> 'hot0' AND status = 'succeeded'`, t0).Scan(&span); er
 	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT coalesce(max(id), 0) FROM jobs").Scan(&after); err != nil {
 		return
 	}
-	if err = h.insertAtRate(ctx, others, opts.OtherRate, opts.OtherGames); err != nil {
+	if err = h.insertAtRate(ctx, opts.PickupJobs, opts.OtherRate, opts.OtherGames); err != nil {
 		return
 	}
-	if err = h.waitOthers(ctx, r, after, others); err != nil {
+	if err = h.waitOthers(ctx, r, after, opts.PickupJobs); err != nil {
 		return
 	}
 	var p50, p99 float64

@@ -60,11 +60,13 @@ type Options struct {
 	// (1,000,000); ManyGames the games of the games row (10,000).
 	GrowthBacklog, Finished, ManyGames int
 	// HotJobs are queued for the hot game ahead of OtherGames games with
-	// OtherJobsPerGame jobs each (10,000; 100; 10). OtherRate is the
-	// insert rate of the other games' jobs while the latency is measured
-	// (500/s).
-	HotJobs, OtherGames, OtherJobsPerGame int
-	OtherRate                             float64
+	// OtherJobsPerGame jobs each (10,000; 100; 100: a second of work, as
+	// 1,000 jobs took ~0.1 s, too short to tell 10 % from noise).
+	// PickupJobs of the other games are then inserted at OtherRate while
+	// the latency is measured (1,000 at 500/s: 2 s, well within the hot
+	// game's line).
+	HotJobs, OtherGames, OtherJobsPerGame, PickupJobs int
+	OtherRate                                         float64
 	// Progress receives one line per step. Nil: discarded.
 	Progress io.Writer
 	// Logger is both queues' logger. Nil: discarded.
@@ -100,7 +102,8 @@ func (o *Options) defaults() error {
 	setInt(&o.ManyGames, 10_000)
 	setInt(&o.HotJobs, 10_000)
 	setInt(&o.OtherGames, 100)
-	setInt(&o.OtherJobsPerGame, 10)
+	setInt(&o.OtherJobsPerGame, 100)
+	setInt(&o.PickupJobs, 1_000)
 	if o.OtherRate <= 0 {
 		o.OtherRate = 500
 	}

@@ -28,7 +28,7 @@ func TestTinyRun(t *testing.T) {
 		RawCommits: 50, RawClaimJobs: 100,
 		Alongside: time.Second, AlongsideMin: 200,
 		Growth: true, GrowthBacklog: 150, Finished: 1000, ManyGames: 40,
-		HotJobs: 200, OtherGames: 4, OtherJobsPerGame: 3, OtherRate: 1000,
+		HotJobs: 200, OtherGames: 4, OtherJobsPerGame: 3, PickupJobs: 12, OtherRate: 1000,
 		Progress: &progress,
 	})
 	if err != nil {

@@ -214,7 +214,7 @@ func (r *Report) growthMarkdown(w io.Writer) {
 		lines = append(lines, line{what + " (" + g.BaseLabel + " → " + g.GrowLabel + ")", g.Side,
 			fmtRate(base) + " jobs/s", fmtRate(grow) + " jobs/s", ratio(grow, base), keyLines(g.ClaimBase.Custom) + " → " + keyLines(g.ClaimGrow.Custom)})
 		if g.Name == "hot" {
-			lines = append(lines, line{fmt.Sprintf("hot game: the other games' pickup p50 / p99, jobs inserted at %.0f/s (%s of the hot game's jobs still queued after)", r.Options.OtherRate, count(g.HotLeft)), g.Side,
+			lines = append(lines, line{fmt.Sprintf("hot game: the other games' pickup p50 / p99, %s jobs inserted at %.0f/s (%s of the hot game's jobs still queued after)", count(r.Options.PickupJobs), r.Options.OtherRate, count(g.HotLeft)), g.Side,
 				fmt.Sprintf("%s / %s", ms(g.PickupBase[0]), ms(g.PickupBase[1])), fmt.Sprintf("%s / %s", ms(g.PickupGrow[0]), ms(g.PickupGrow[1])),
 				ratio(float64(g.PickupGrow[1]), float64(g.PickupBase[1])) + " (p99)", ""})
 		}
