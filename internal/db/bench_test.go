@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -154,11 +155,13 @@ func BenchmarkClaimFinishBatch(b *testing.B) {
 // its work switched off, so that the parts' shares can be read as
 // differences: "no_promotion" disables the statement trigger that promotes
 // the next job of each ended head (migration 000010), "no_events" drops
-// the outbox rows in a BEFORE INSERT trigger, "neither" does both. Only
-// "whole" is what the agent runs.
+// the outbox rows in a BEFORE INSERT trigger, "neither" does both, and
+// "no_bucket_lock" promotes without first locking the games' buckets
+// (migration 000013; unsafe beside concurrent inserts, timed to price the
+// lock). Only "whole" is what the agent runs.
 func BenchmarkFinishParts(b *testing.B) {
 	const batch = 256
-	for _, part := range []string{"whole", "no_promotion", "no_events", "neither"} {
+	for _, part := range []string{"whole", "no_promotion", "no_events", "neither", "no_bucket_lock"} {
 		b.Run(part, func(b *testing.B) {
 			s := db.NewStore(pgtest.Pool(b), nil)
 			ctx := context.Background()
@@ -168,6 +171,9 @@ func BenchmarkFinishParts(b *testing.B) {
 					"CREATE TRIGGER bench_drop_event BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION bench_drop_row()"},
 			}
 			setup["neither"] = append(setup["no_promotion"], setup["no_events"]...)
+			if part == "no_bucket_lock" {
+				setup[part] = []string{promoteWithoutBucketLock(b, s)}
+			}
 			for _, q := range setup[part] {
 				if _, err := s.Pool().Exec(ctx, q); err != nil {
 					b.Fatal(err)
@@ -208,6 +214,23 @@ func BenchmarkFinishParts(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "us/job")
 		})
 	}
+}
+
+// promoteWithoutBucketLock returns the definition of the promotion
+// function as migrated, without the statement that locks the buckets: read
+// from the server, so the variant follows the migrations.
+func promoteWithoutBucketLock(b *testing.B, s *db.Store) string {
+	b.Helper()
+	var def string
+	if err := s.Pool().QueryRow(context.Background(),
+		"SELECT pg_get_functiondef('rtm_jobs_head_promote(text[], bigint[])'::regprocedure)").Scan(&def); err != nil {
+		b.Fatal(err)
+	}
+	lock := regexp.MustCompile(`(?s)PERFORM 1 FROM job_line_locks.*?FOR UPDATE;`)
+	if len(lock.FindAllString(def, -1)) != 1 {
+		b.Fatalf("the promotion no longer locks its buckets in one statement:\n%s", def)
+	}
+	return lock.ReplaceAllString(def, "")
 }
 
 // perfRecord profiles the whole machine (the server's backends included)
