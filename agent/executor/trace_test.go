@@ -40,17 +40,19 @@ func TestOneTraceFromInsertToContainer(t *testing.T) {
 	if j := e.finished(id); j.Status != job.StatusSucceeded {
 		t.Fatalf("job %s: %s", j.Status, j.LastError)
 	}
-	// The job's span ends a moment after its commit.
+	// The job's span ends a moment after its commit. The provider is the
+	// process's, so other tests' jobs end "job start" spans too: only the
+	// one in the Game Master's trace is this job's.
+	traceID := gmSpan.SpanContext().TraceID()
 	wait.For(t, time.Minute, "the job's span to end", func() bool {
 		for _, s := range spans.GetSpans() {
-			if s.Name == "job start" {
+			if s.Name == "job start" && s.SpanContext.TraceID() == traceID {
 				return true
 			}
 		}
 		return false
 	})
 
-	traceID := gmSpan.SpanContext().TraceID()
 	var inTrace []tracetest.SpanStub
 	for _, s := range spans.GetSpans() {
 		if s.SpanContext.TraceID() == traceID {
