@@ -34,6 +34,20 @@ func claimAll(t *testing.T, s *db.Store, owner string, games ...string) []db.Job
 	return claimed
 }
 
+// insertStops inserts n stop jobs of one game on host-a, in id order.
+func insertStops(t *testing.T, s *db.Store, game string, n int) []db.Job {
+	t.Helper()
+	jobs := make([]db.Job, n)
+	for i := range jobs {
+		j, _, err := s.InsertJob(context.Background(), db.NewJob{HostID: "host-a", GameID: game, Kind: job.KindStop})
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs[i] = j
+	}
+	return jobs
+}
+
 // jobEvents returns the outbox rows of job id (type, game, payload), in id
 // order, whether or not they are readable through ReadOutbox yet.
 func jobEvents(t *testing.T, s *db.Store, id int64) []db.StoredEvent {
@@ -121,14 +135,7 @@ func TestFinishJobsStatementRefusesIdsOutOfOrder(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	ctx := context.Background()
-	var claimed []db.Job
-	for range 3 {
-		j, _, err := s.InsertJob(ctx, db.NewJob{HostID: "host-a", GameID: "g", Kind: job.KindStop})
-		if err != nil {
-			t.Fatal(err)
-		}
-		claimed = append(claimed, j)
-	}
+	claimed := insertStops(t, s, "g", 3)
 	if _, err := s.Pool().Exec(ctx, `UPDATE jobs SET status = 'running', lease_owner = 'agent-1', attempt = 1,
 		started_at = now(), lease_expires_at = now() + interval '1 hour' WHERE game_id = 'g'`); err != nil {
 		t.Fatal(err)
@@ -238,14 +245,7 @@ func TestFinishJobsTwoJobsOfOneGame(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	ctx := context.Background()
-	var jobs []db.Job
-	for range 2 {
-		j, _, err := s.InsertJob(ctx, db.NewJob{HostID: "host-a", GameID: "g1", Kind: job.KindStop})
-		if err != nil {
-			t.Fatal(err)
-		}
-		jobs = append(jobs, j)
-	}
+	jobs := insertStops(t, s, "g1", 2)
 	// Per-game FIFO never lets an agent hold both; force it, to see that
 	// the batch locks the game once and keeps the jobs' order.
 	if _, err := s.Pool().Exec(ctx, `UPDATE jobs SET status = 'running', attempt = 1, lease_owner = 'agent-1',
