@@ -414,3 +414,25 @@ func (gc *gmConsumer) seen() []rtmclient.Event {
 	defer gc.mu.Unlock()
 	return append([]rtmclient.Event(nil), gc.events...)
 }
+
+// failures is how many errors the consumer reported: failed reads and
+// acknowledgements, after which events may come again.
+func (gc *gmConsumer) failures() int {
+	gc.mu.Lock()
+	defer gc.mu.Unlock()
+	return gc.errs
+}
+
+// firstDeliveries is evs without the events delivered again, as a Game
+// Master that deduplicates by id keeps them.
+func firstDeliveries(evs []rtmclient.Event) []rtmclient.Event {
+	seen := make(map[int64]bool, len(evs))
+	var first []rtmclient.Event
+	for _, ev := range evs {
+		if !seen[ev.ID] {
+			seen[ev.ID] = true
+			first = append(first, ev)
+		}
+	}
+	return first
+}
