@@ -29,7 +29,7 @@ type Container struct {
 	State     string // created, running, paused, restarting, removing, exited, dead
 	Running   bool
 	ExitCode  int
-	OOMKilled bool // as reported by the daemon; unreliable on cgroup v2
+	OOMKilled bool // as reported by the daemon; it can miss a kill on cgroup v2, and with containerd 1.7 on v1
 	// Health is Docker's health status ("" without a health check) and
 	// HealthOutput the output of its last probe.
 	Health       string

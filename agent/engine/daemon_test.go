@@ -12,6 +12,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -120,19 +121,40 @@ func TestDeathEventsAndInspect(t *testing.T) {
 		t.Errorf("inspect of the quitter: %+v", c)
 	}
 
-	die, _ = dieOf(hog.ID)
-	if code, ok := die.ExitCode(); !ok || code != 137 {
-		t.Errorf("die of the hog: exit code %d, %v; want 137 (attributes %v)", code, ok, die.Attributes)
+	// hogDied checks a hog's death and reports whether the daemon said it
+	// was the OOM killer, in an event and in the inspect.
+	hogDied := func(hog engine.Container) (oom, oomKilled bool) {
+		t.Helper()
+		die, _ := dieOf(hog.ID)
+		if code, ok := die.ExitCode(); !ok || code != 137 {
+			t.Errorf("die of %s: exit code %d, %v; want 137 (attributes %v)", hog.Name, code, ok, die.Attributes)
+		}
+		c := e.inspect(hog.ID)
+		if c.State != "exited" || c.ExitCode != 137 {
+			t.Errorf("inspect of %s: %+v", hog.Name, c)
+		}
+		oom = slices.ContainsFunc(eventsOf(hog.ID), func(ev engine.Event) bool { return ev.Action == "oom" })
+		t.Logf("Docker %s, cgroup v%s: die attributes %v; oom event %v, OOMKilled %v",
+			info.Info.ServerVersion, info.Info.CgroupVersion, slices.Sorted(maps.Keys(die.Attributes)), oom, c.OOMKilled)
+		return oom, c.OOMKilled
 	}
-	c := e.inspect(hog.ID)
-	if c.State != "exited" || c.ExitCode != 137 {
-		t.Errorf("inspect of the hog: %+v", c)
-	}
-	oom := slices.ContainsFunc(eventsOf(hog.ID), func(ev engine.Event) bool { return ev.Action == "oom" })
+	oom, oomKilled := hogDied(hog)
 	// cgroup v2 does not always tell the daemon (see Container.OOMKilled).
-	if info.Info.CgroupVersion == "1" && (!oom || !c.OOMKilled) {
-		t.Errorf("cgroup v1: oom event %v, OOMKilled %v; want both", oom, c.OOMKilled)
+	// cgroup v1 does, but containerd's shim can send the task's exit before
+	// its OOM event, and the daemon then records no OOM (containerd 1.7.24
+	// did, once, in CI; containerd#12714 orders the two). Another hog or two
+	// tell a lost signal from one we do not read.
+	for try := 2; info.Info.CgroupVersion == "1" && (!oom || !oomKilled) && try <= 3; try++ {
+		spec := hogSpec
+		spec.Name = fmt.Sprintf("%s-%d", hogSpec.Name, try)
+		again := e.create(spec)
+		if err := e.d.StartContainer(e.ctx, again.ID); err != nil {
+			t.Fatal(err)
+		}
+		wait.For(t, time.Minute, "die event of "+again.Name, func() bool { _, ok := dieOf(again.ID); return ok })
+		oom, oomKilled = hogDied(again)
 	}
-	t.Logf("Docker %s, cgroup v%s: die attributes %v; oom event %v, OOMKilled %v",
-		info.Info.ServerVersion, info.Info.CgroupVersion, slices.Sorted(maps.Keys(die.Attributes)), oom, c.OOMKilled)
+	if info.Info.CgroupVersion == "1" && (!oom || !oomKilled) {
+		t.Errorf("cgroup v1: oom event %v, OOMKilled %v after three hogs; want both", oom, oomKilled)
+	}
 }
