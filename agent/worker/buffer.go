@@ -52,12 +52,15 @@ func (w *Worker) launch(r *running) {
 		defer func() {
 			r.cancel(nil)
 			w.mu.Lock()
-			w.vacate(r)
+			freed := w.vacate(r)
 			w.dispatch()
-			wake := w.wantClaim()
+			wake := freed && w.wantClaim()
 			w.mu.Unlock()
 			w.wg.Done()
 			// A slot is free, and the game's next job may now be due.
+			// Not when the batch finisher freed it: it woke the loop
+			// already, and a second wake-up would be a claim that finds
+			// nothing, one that a new job's wake-up must then wait for.
 			if wake {
 				w.signal()
 			}
@@ -72,15 +75,26 @@ func (w *Worker) launch(r *running) {
 // slot frees). The caller holds w.mu.
 func (w *Worker) wantClaim() bool { return len(w.buf) <= w.cfg.Prefetch/2 }
 
-// claimSize is how many jobs a claim asks for: enough to fill the free
-// slots and the buffer, or none while the buffer is more than half full.
-func (w *Worker) claimSize() int {
+// reserve is how many jobs a claim asks for, now taken from the free
+// slots (and the buffer) until start gives them back: enough to fill what
+// no other claim in flight has asked for, or none while the buffer is
+// more than half full. keep leaves up to that many (at most half) to a
+// side claim; most, when above 0, caps the ask. Two claims in flight so
+// never ask for more than there is room for: with Prefetch 0 every job
+// claimed starts at once.
+func (w *Worker) reserve(keep, most int) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.wantClaim() {
 		return 0
 	}
-	return max(w.cfg.Concurrency+w.cfg.Prefetch-len(w.inflight), 0)
+	n := max(w.cfg.Concurrency+w.cfg.Prefetch-len(w.inflight)-w.reserved, 0)
+	n -= min(n/2, keep)
+	if most > 0 {
+		n = min(n, most)
+	}
+	w.reserved += n
+	return n
 }
 
 // releaseBuffered gives the jobs still waiting in the buffer back to the

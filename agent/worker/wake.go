@@ -14,7 +14,19 @@ import (
 // its host would. It never blocks. It is for a process that runs many
 // workers and shares one LISTEN connection among them (the fleet load
 // simulation) instead of one per worker (Config.UseListen).
-func (w *Worker) Wake() { w.signal() }
+func (w *Worker) Wake() { w.jobArrived() }
+
+// jobArrived wakes the claim loop for a job just queued, and asks for a
+// side claim if the loop is in the middle of a claim (see claimArrivals).
+func (w *Worker) jobArrived() {
+	w.signal()
+	if w.claimBusy.Load() {
+		select {
+		case w.arrived <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // listen keeps a session connection with LISTEN rtm_jobs and wakes the
 // claim loop on notifications for this host; on rtm_jobs_cancel (a cancel
@@ -73,7 +85,7 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 			}
 		default:
 			w.wakeups.Add(1)
-			w.signal()
+			w.jobArrived()
 		}
 	}
 }

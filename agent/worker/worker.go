@@ -218,6 +218,13 @@ type Worker struct {
 	metrics *metrics
 
 	wake chan struct{}
+	// arrived asks for a side claim (see claimArrivals); claimBusy is set
+	// while the claim loop's statement runs.
+	arrived   chan struct{}
+	claimBusy atomic.Bool
+	// lastShort: the claim loop's last claim got fewer jobs than it asked
+	// for, so the queue had run dry (claim loop only).
+	lastShort bool
 	// renewNow asks the lease renewal for a round at once: a cancel was
 	// asked for a job this host's agent holds (rtm_jobs_cancel).
 	renewNow chan struct{}
@@ -235,6 +242,8 @@ type Worker struct {
 	// buffer.go); draining stops dispatch from starting any more.
 	buf      []*running
 	draining bool
+	// reserved is the slots asked for by claims in flight (see reserve).
+	reserved int
 	// wg counts the job goroutines (started jobs only).
 	wg sync.WaitGroup
 
@@ -270,6 +279,7 @@ func New(store *db.Store, exec Executor, cfg Config) *Worker {
 		log:      cfg.Logger,
 		metrics:  newMetrics(),
 		wake:     make(chan struct{}, 1),
+		arrived:  make(chan struct{}, 1),
 		renewNow: make(chan struct{}, 1),
 		inflight: map[int64]*running{},
 	}
@@ -330,6 +340,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); w.listen(ctx) }()
 	}
+	// Side claims start jobs: they end before the drain.
+	var sideWG sync.WaitGroup
+	sideWG.Add(1)
+	go func() { defer sideWG.Done(); w.claimArrivals(ctx) }()
 
 	w.rescue(ctx)
 	poll := time.NewTicker(cfg.PollInterval)
@@ -357,6 +371,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 
+	sideWG.Wait()
 	w.drain()
 	stopBG()
 	bgWG.Wait()
@@ -364,12 +379,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// start registers claimed jobs and queues them in the local buffer, from
+// start gives back a claim's reservation (see reserve), registers the jobs
+// it claimed and queues them in the local buffer, from
 // which dispatch starts as many as there are free slots, each on its own
 // goroutine. All of them are in flight before any runs, so the batch
 // finisher, which waits for the outcomes of the jobs running, sees the
 // claim as a whole.
-func (w *Worker) start(jobs []db.Job, sent, claimed time.Time) {
+func (w *Worker) start(jobs []db.Job, reserved int, sent, claimed time.Time) {
 	rs := make([]*running, len(jobs))
 	for i, j := range jobs {
 		w.claimed.Add(1)
@@ -383,6 +399,9 @@ func (w *Worker) start(jobs []db.Job, sent, claimed time.Time) {
 		rs[i] = &running{job: j, ctx: ctx, cancel: cancel, span: span, leaseUntil: sent.Add(w.cfg.LeaseDuration)}
 	}
 	w.mu.Lock()
+	// The claim's reservation becomes its jobs in one step, so that no
+	// other claim sees the slots as free in between.
+	w.reserved -= reserved
 	for _, r := range rs {
 		w.inflight[r.job.ID] = r
 	}
@@ -393,12 +412,14 @@ func (w *Worker) start(jobs []db.Job, sent, claimed time.Time) {
 
 // vacate removes r from the in-flight set, freeing its slot, unless it is
 // gone already (the batch finisher frees the slots of a batch together) or
-// its id now belongs to a later claim of the same job. The caller holds
-// w.mu.
-func (w *Worker) vacate(r *running) {
-	if w.inflight[r.job.ID] == r {
-		delete(w.inflight, r.job.ID)
+// its id now belongs to a later claim of the same job. It reports whether
+// it freed the slot. The caller holds w.mu.
+func (w *Worker) vacate(r *running) bool {
+	if w.inflight[r.job.ID] != r {
+		return false
 	}
+	delete(w.inflight, r.job.ID)
+	return true
 }
 
 // rescue requeues the host's jobs whose lease expired and reports whether
