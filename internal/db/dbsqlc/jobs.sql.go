@@ -21,10 +21,11 @@ WITH candidates AS (
       AND j.cancel_requested_at IS NULL
       AND NOT EXISTS (
           SELECT 1 FROM jobs e
-          WHERE e.game_id = j.game_id
+          WHERE e.game_id >= j.game_id AND e.game_id <= j.game_id
             AND (e.game_id, e.id) < (j.game_id, j.id)
             AND e.status IN ('queued', 'running')
-          OFFSET 0
+          ORDER BY e.game_id DESC, e.id DESC
+          LIMIT 1 OFFSET 0
       )
     ORDER BY j.host_id, j.id
     LIMIT $2
@@ -52,10 +53,11 @@ queue AS (
            AND n.cancel_requested_at IS NULL
            AND NOT EXISTS (
                SELECT 1 FROM jobs e
-               WHERE e.game_id = n.game_id
+               WHERE e.game_id >= n.game_id AND e.game_id <= n.game_id
                  AND (e.game_id, e.id) < (n.game_id, n.id)
                  AND e.status IN ('queued', 'running')
-               OFFSET 0
+               ORDER BY e.game_id DESC, e.id DESC
+               LIMIT 1 OFFSET 0
            )
          ORDER BY n.run_after
          LIMIT 1), 0)::bigint AS next_due_in_us,
@@ -137,14 +139,26 @@ type ClaimJobsRow struct {
 // with a full queue. The claimed rows are then updated through the
 // primary key by id (a join would hash the whole table). The guard's
 // OFFSET 0 keeps it a probe per candidate (without it the planner may
-// turn it into a hash anti join over every unfinished job), estimated to
-// pass half the candidates, so that the plan's cost stays that of the
-// batch (as a scalar "(...) IS NULL" it was estimated to pass 0.5 %, the
-// whole index was costed, and the claim went over jit_above_cost: a JIT
-// compile per claim). It compares (game_id, id) as a row, which only the
-// game's indexes serve (an "id <" bound would let the primary key walk the
-// table when statistics call it small). The next due time reads
-// jobs_head_due_idx, the heads again.
+// turn it into a hash anti join over every unfinished job, and drops the
+// LIMIT), estimated to pass half the candidates, so that the plan's cost
+// stays that of the batch (as a scalar "(...) IS NULL" it was estimated
+// to pass 0.5 %, the whole index was costed, and the claim went over
+// jit_above_cost: a JIT compile per claim).
+//
+// The guard looks for the latest earlier unfinished job of the game,
+// reading a (game_id, id) index backwards from the candidate, so that it
+// reads only what lies before it: row versions of the game's ended jobs
+// that no VACUUM has removed yet. It compares (game_id, id) as a row and
+// bounds the game as a range, not an equality: only the game's indexes
+// serve that (an "id <" bound would let the primary key walk the table
+// when statistics call it small), and PostgreSQL 15 starts a scan at a
+// row comparison but does not end one there when the game is also an
+// equality (only a row comparison's first column can end a scan, and here
+// the id decides). The guard "game_id = AND (game_id, id) <" read
+// forwards through the game's whole line, ending only after its last
+// queued job: behind a hot game's 10,000 queued jobs, 35 index pages and
+// 0.3 ms on every claim of its head, against 2 pages and 0.02 ms now.
+// The next due time reads jobs_head_due_idx, the heads again.
 func (q *Queries) ClaimJobs(ctx context.Context, arg ClaimJobsParams) ([]ClaimJobsRow, error) {
 	rows, err := q.db.Query(ctx, claimJobs,
 		arg.HostID,
