@@ -15,18 +15,27 @@ import (
 )
 
 // meter reads the server's counters around a timed run: statements per
-// database from pg_stat_statements (when the server loaded it) and the
-// WAL position.
+// database from pg_stat_statements (when the server loaded it), the WAL
+// position, and CPU time: the server's (when it runs on this machine and
+// its postmaster is known) and this process's.
 type meter struct {
 	pool *pgxpool.Pool // any database of the server with the extension
 	pss  bool
+	// postmaster is the server's, 0 when its CPU time is not read.
+	postmaster int
+}
+
+// mark is where the counters stood when a timed run began.
+type mark struct {
+	lsn            string
+	server, client time.Duration
 }
 
 // ownQueries are the meter's own statements, left out of the counts.
 const ownQueries = `query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%pg_current_wal_lsn%' AND query NOT LIKE '%/* queuebench */%'`
 
-func newMeter(ctx context.Context, pool *pgxpool.Pool) *meter {
-	m := &meter{pool: pool}
+func newMeter(ctx context.Context, pool *pgxpool.Pool, postmaster int) *meter {
+	m := &meter{pool: pool, postmaster: postmaster}
 	// CREATE EXTENSION succeeds without the library preloaded; reading
 	// the view does not.
 	if _, err := pool.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err == nil {
@@ -36,23 +45,50 @@ func newMeter(ctx context.Context, pool *pgxpool.Pool) *meter {
 	return m
 }
 
-// start resets the statement counts and returns the WAL position.
-func (m *meter) start(ctx context.Context) (string, error) {
+// start resets the statement counts and marks the WAL position and the
+// CPU times.
+func (m *meter) start(ctx context.Context) (mark, error) {
+	var at mark
 	if m.pss {
 		if _, err := m.pool.Exec(ctx, "SELECT pg_stat_statements_reset()"); err != nil {
-			return "", fmt.Errorf("reset pg_stat_statements: %w", err)
+			return at, fmt.Errorf("reset pg_stat_statements: %w", err)
 		}
 	}
-	var lsn string
-	err := m.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn)
-	return lsn, err
+	if err := m.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&at.lsn); err != nil {
+		return at, err
+	}
+	var err error
+	if at.server, at.client, err = m.cpu(); err != nil {
+		return at, err
+	}
+	return at, nil
 }
 
-// stop returns what database datname did since start (the WAL is the
-// whole server's).
-func (m *meter) stop(ctx context.Context, lsn, datname string) (Cost, error) {
-	c := Cost{Statements: -1}
-	if err := m.pool.QueryRow(ctx, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint", lsn).Scan(&c.WALBytes); err != nil {
+// cpu reads the server's CPU time (-1 when not read) and this process's.
+func (m *meter) cpu() (server, client time.Duration, err error) {
+	server = -1
+	if m.postmaster != 0 {
+		if server, err = serverCPU(m.postmaster); err != nil {
+			return 0, 0, err
+		}
+	}
+	client, err = selfCPU()
+	return server, client, err
+}
+
+// stop returns what database datname did since start (the WAL and the
+// server's CPU time are the whole server's).
+func (m *meter) stop(ctx context.Context, at mark, datname string) (Cost, error) {
+	c := Cost{Statements: -1, ServerCPU: -1}
+	server, client, err := m.cpu()
+	if err != nil {
+		return c, err
+	}
+	c.ClientCPU = client - at.client
+	if server >= 0 && at.server >= 0 {
+		c.ServerCPU = server - at.server
+	}
+	if err := m.pool.QueryRow(ctx, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint", at.lsn).Scan(&c.WALBytes); err != nil {
 		return c, fmt.Errorf("read the WAL position: %w", err)
 	}
 	if !m.pss {

@@ -123,7 +123,7 @@ func (h *harness) hotRound(ctx context.Context, hot bool, others int) (m Measure
 	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT clock_timestamp()").Scan(&t0); err != nil {
 		return
 	}
-	lsn, err := h.meter.start(ctx)
+	at, err := h.meter.start(ctx)
 	if err != nil {
 		return
 	}
@@ -133,7 +133,7 @@ func (h *harness) hotRound(ctx context.Context, hot bool, others int) (m Measure
 	if err = h.waitOthers(ctx, r, 0, others); err != nil {
 		return
 	}
-	if m.Cost, err = h.meter.stop(ctx, lsn, o.datname()); err != nil {
+	if m.Cost, err = h.meter.stop(ctx, at, o.datname()); err != nil {
 		return
 	}
 	var span float64

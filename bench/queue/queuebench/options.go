@@ -67,6 +67,10 @@ type Options struct {
 	// game's line).
 	HotJobs, OtherGames, OtherJobsPerGame, PickupJobs int
 	OtherRate                                         float64
+	// ServerPID is the server's postmaster when the server runs on this
+	// (Linux) machine, as StartServer's does: the CPU time of its
+	// processes is then reported per job. Zero: not measured.
+	ServerPID int
 	// Progress receives one line per step. Nil: discarded.
 	Progress io.Writer
 	// Logger is both queues' logger. Nil: discarded.
@@ -151,6 +155,11 @@ type Cost struct {
 	ExecMS float64
 	// Top are the statements with the most calls, most first.
 	Top []StatementCalls
+	// ServerCPU is the CPU time the whole server used meanwhile (every
+	// process of it, autovacuum included; -1 when Options.ServerPID is
+	// not set), and ClientCPU that of this process (the side's client,
+	// with whatever the harness did: little while it waits).
+	ServerCPU, ClientCPU time.Duration
 }
 
 // StatementCalls is one normalised statement and its calls.

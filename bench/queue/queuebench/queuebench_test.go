@@ -22,9 +22,13 @@ func TestTinyRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Stop() })
+	pid, err := srv.PID()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var progress bytes.Buffer
 	rep, err := queuebench.Run(ctx, queuebench.Options{
-		AdminURL: srv.AdminURL, Sizes: []int{200, 300}, Rounds: 1,
+		AdminURL: srv.AdminURL, ServerPID: pid, Sizes: []int{200, 300}, Rounds: 1,
 		RawCommits: 50, RawClaimJobs: 100,
 		Alongside: time.Second, AlongsideMin: 200,
 		Growth: true, GrowthBacklog: 150, Finished: 1000, ManyGames: 40,
@@ -37,11 +41,15 @@ func TestTinyRun(t *testing.T) {
 	if !rep.PSS {
 		t.Fatal("pg_stat_statements is loaded on the server but was not found")
 	}
+	// The server's CPU time is counted in clock ticks (10 ms): a tiny
+	// round may see none, but the run as a whole must.
+	var serverCPU time.Duration
 	checkMeasure := func(what string, m queuebench.Measure, jobs int) {
 		t.Helper()
-		if m.Jobs != jobs || m.PerSec() <= 0 || m.Cost.Statements <= 0 || m.Cost.WALBytes <= 0 {
-			t.Errorf("%s: %+v, want %d jobs, a rate, statements and WAL", what, m, jobs)
+		if m.Jobs != jobs || m.PerSec() <= 0 || m.Cost.Statements <= 0 || m.Cost.WALBytes <= 0 || m.Cost.ServerCPU < 0 || m.Cost.ClientCPU <= 0 {
+			t.Errorf("%s: %+v, want %d jobs, a rate, statements, WAL and both CPU times", what, m, jobs)
 		}
+		serverCPU += m.Cost.ServerCPU
 	}
 	if len(rep.Sizes) != 2 {
 		t.Fatalf("%d size rows, want 2", len(rep.Sizes))
@@ -98,6 +106,9 @@ func TestTinyRun(t *testing.T) {
 		checkMeasure(name+" base", g.Base, jobs)
 		checkMeasure(name+" grown", g.Grow, jobs)
 	}
+	if serverCPU <= 0 {
+		t.Error("the server's CPU time was measured in no round")
+	}
 	if hot := rows["hot/ours"]; hot.PickupGrow[0] <= 0 || hot.PickupGrow[1] < hot.PickupGrow[0] || hot.PickupBase[1] < hot.PickupBase[0] {
 		t.Errorf("hot game pickup: base %v, grown %v", hot.PickupBase, hot.PickupGrow)
 	}
@@ -109,7 +120,7 @@ func TestTinyRun(t *testing.T) {
 
 	var md bytes.Buffer
 	rep.Markdown(&md)
-	for _, want := range []string{"| 200 |", "| 300 |", "ours/River", "backlog 200 → 300", "finished jobs in the table", "hot game", "### EXPLAIN (ANALYZE, BUFFERS)", "What each side's no-op job includes", "-- name: ClaimJobs"} {
+	for _, want := range []string{"| 200 |", "| 300 |", "ours/River", "server CPU µs/job", "backlog 200 → 300", "finished jobs in the table", "hot game", "### EXPLAIN (ANALYZE, BUFFERS)", "What each side's no-op job includes", "-- name: ClaimJobs"} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, md.String())
 		}

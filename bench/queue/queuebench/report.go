@@ -68,6 +68,26 @@ func execNS(m Measure) int64 {
 	return int64(m.Cost.ExecMS * 1e6)
 }
 
+// serverNS and clientNS are the CPU time, in nanoseconds, of the whole
+// server (-1 when not measured) and of this process.
+func serverNS(m Measure) int64 {
+	if m.Cost.ServerCPU < 0 {
+		return -1
+	}
+	return m.Cost.ServerCPU.Nanoseconds()
+}
+
+func clientNS(m Measure) int64 { return m.Cost.ClientCPU.Nanoseconds() }
+
+// fmtMicros is the median of f per job, in microseconds.
+func fmtMicros(ms []Measure, f func(Measure) int64) string {
+	v, ok := perJob(ms, f)
+	if !ok {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", v/1000)
+}
+
 func fmtExecPerJob(ms []Measure) string {
 	v, ok := perJob(ms, execNS)
 	if !ok {
@@ -132,16 +152,20 @@ func (r *Report) Markdown(w io.Writer) {
 	p("")
 	p("### Backlog worked down (jobs/s; each job a game of its own)")
 	p("")
-	p("| backlog | River jobs/s, median (rounds) | ours jobs/s, median (rounds) | ours/River | statements/job River · ours | statement µs/job River · ours | WAL bytes/job River · ours |")
-	p("|---|---|---|---|---|---|---|")
+	p("| backlog | River jobs/s, median (rounds) | ours jobs/s, median (rounds) | ours/River | statements/job River · ours | statement µs/job River · ours | WAL bytes/job River · ours | server CPU µs/job River · ours | client CPU µs/job River · ours |")
+	p("|---|---|---|---|---|---|---|---|---|")
 	for _, row := range r.Sizes {
 		rm, om := median(rates(row.River)), median(rates(row.Ours))
-		p("| %s | **%s** (%s) | **%s** (%s) | **%s** | %s · %s | %s · %s | %s · %s |", count(row.Jobs),
+		p("| %s | **%s** (%s) | **%s** (%s) | **%s** | %s · %s | %s · %s | %s · %s | %s · %s | %s · %s |", count(row.Jobs),
 			fmtRate(rm), fmtRates(row.River), fmtRate(om), fmtRates(row.Ours), ratio(om, rm),
 			fmtPerJob(row.River, stmts, "%.3f"), fmtPerJob(row.Ours, stmts, "%.3f"),
 			fmtExecPerJob(row.River), fmtExecPerJob(row.Ours),
-			fmtPerJob(row.River, wal, "%.0f"), fmtPerJob(row.Ours, wal, "%.0f"))
+			fmtPerJob(row.River, wal, "%.0f"), fmtPerJob(row.Ours, wal, "%.0f"),
+			fmtMicros(row.River, serverNS), fmtMicros(row.Ours, serverNS),
+			fmtMicros(row.River, clientNS), fmtMicros(row.Ours, clientNS))
 	}
+	p("")
+	p("CPU per job (medians of the rounds): the server's is every process of it on this machine, from /proc, between the timed run's start and end (autovacuum and the WAL writer included; n/a for a server given by -database-url); the client's is this process (the side's client, with the harness's polling). With both sides' CPU in it, the machine's cores bound the rate: on a machine where they are all busy, jobs/s is about cores ÷ (server + client CPU per job).")
 	var commits, claims []float64
 	for _, raw := range r.Raw {
 		commits = append(commits, raw.CommitsPerSec)

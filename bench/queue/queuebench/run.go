@@ -84,7 +84,7 @@ WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffer
 	}
 	h := &harness{
 		opts:  opts,
-		meter: newMeter(ctx, oursPool),
+		meter: newMeter(ctx, oursPool, opts.ServerPID),
 		ours:  &ours{url: oursURL, db: names["ours"], pool: oursPool, concurrency: opts.Concurrency, prefetch: opts.Prefetch, poolSize: opts.PoolSize, log: log},
 		river: &riverSide{url: riverURL, db: names["river"], pool: riverPool, poolSize: opts.PoolSize, log: log, cfg: river.Config{
 			FetchCooldown:     opts.RiverFetchCooldown,

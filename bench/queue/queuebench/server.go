@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/galaxy/rtmanager/internal/pgcluster"
 )
@@ -15,6 +17,21 @@ type Server struct {
 	// AdminURL is its maintenance database, for Options.AdminURL.
 	AdminURL string
 	cluster  *pgcluster.Cluster
+}
+
+// PID is the cluster's postmaster (for Options.ServerPID), read from its
+// postmaster.pid.
+func (s *Server) PID() (int, error) {
+	b, err := os.ReadFile(filepath.Join(s.cluster.DataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, fmt.Errorf("read the server's pid: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		return 0, fmt.Errorf("read the server's pid from postmaster.pid: %w", err)
+	}
+	return pid, nil
 }
 
 // Stop shuts the cluster down and removes it.

@@ -98,7 +98,7 @@ const stallTimeout = time.Minute
 // worker (one more claim among thousands, rolled back), into *mid.
 func (h *harness) workDown(ctx context.Context, s side, r *runner, n int, mid *Explain) (Measure, error) {
 	m := Measure{Jobs: n}
-	lsn, err := h.meter.start(ctx)
+	began, err := h.meter.start(ctx)
 	if err != nil {
 		return m, err
 	}
@@ -121,7 +121,7 @@ func (h *harness) workDown(ctx context.Context, s side, r *runner, n int, mid *E
 		return m, fmt.Errorf("%s: %w", s.name(), err)
 	}
 	m.Elapsed = time.Since(start)
-	if m.Cost, err = h.meter.stop(ctx, lsn, s.datname()); err != nil {
+	if m.Cost, err = h.meter.stop(ctx, began, s.datname()); err != nil {
 		return m, err
 	}
 	if midDone != nil {
@@ -212,7 +212,7 @@ func (h *harness) alongside(ctx context.Context, s side, r *runner, d time.Durat
 	if err := waitDone(ctx, r, 1, nil); err != nil {
 		return m, fmt.Errorf("%s: %w", s.name(), err)
 	}
-	lsn, err := h.meter.start(ctx)
+	at, err := h.meter.start(ctx)
 	if err != nil {
 		return m, err
 	}
@@ -232,6 +232,6 @@ func (h *harness) alongside(ctx context.Context, s side, r *runner, d time.Durat
 	if err := r.failed(); err != nil {
 		return m, fmt.Errorf("%s: %w", s.name(), err)
 	}
-	m.Cost, err = h.meter.stop(ctx, lsn, s.datname())
+	m.Cost, err = h.meter.stop(ctx, at, s.datname())
 	return m, err
 }

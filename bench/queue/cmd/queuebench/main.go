@@ -104,6 +104,9 @@ func run(ctx context.Context, o queuebench.Options, socket bool, extra map[strin
 		}
 		defer srv.Stop()
 		o.AdminURL = srv.AdminURL
+		if o.ServerPID, err = srv.PID(); err != nil {
+			return err
+		}
 	}
 	rep, err := queuebench.Run(ctx, o)
 	if err != nil {
