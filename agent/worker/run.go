@@ -164,15 +164,16 @@ func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempt
 func (w *Worker) finish(r *running, log *slog.Logger, o db.Outcome, after func(context.Context) error) bool {
 	j := r.job
 	r.finishing.Store(true)
-	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-	defer cancel()
-	ctx, span := commitSpan(ctx, r, string(o.Status))
+	ctx, span := commitSpan(context.Background(), r, string(o.Status))
 	var err error
 	if o.Record == nil && o.Check == nil && !w.unbatched {
-		// Most outcomes: batched with those of other jobs.
+		// Most outcomes: batched with those of other jobs (the batch's
+		// write has its own timeout).
 		err = w.finishBatched(r, o, after != nil)
 	} else {
-		_, err = w.store.FinishJob(ctx, j, w.cfg.Owner, o)
+		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		_, err = w.store.FinishJob(wctx, j, w.cfg.Owner, o)
+		cancel()
 	}
 	endSpan(span, err)
 	if err != nil {
@@ -199,6 +200,8 @@ func (w *Worker) finish(r *running, log *slog.Logger, o db.Outcome, after func(c
 	}
 	w.metrics.outcome(kind, string(o.Status))
 	if after != nil {
+		ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		defer cancel()
 		if err := after(ctx); err != nil {
 			log.Warn("clean-up after the job's commit failed; the reconciler or the sweeper will finish it", "err", err)
 		}
