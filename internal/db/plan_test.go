@@ -27,28 +27,8 @@ import (
 func TestBatchStatementsKeepTheirIndexesOnStaleStatistics(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec pgtrace.Recorder
-	cfg.ConnConfig.Tracer = &rec
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	s := db.NewStore(pool, nil)
 	const host = "host-stale"
-	for _, q := range []string{
-		`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-stale', 'hot', 'stop' FROM generate_series(1, 10000)`,
-		`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-stale', 'other-' || (i % 100), 'stop' FROM generate_series(0, 999) i`,
-		`ANALYZE jobs`,
-	} {
-		if _, err := pool.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pool, s, rec := hotLine(t, host, host)
 	stmts, err := rec.Record(func() error {
 		claimed, err := s.ClaimJobs(ctx, host, "owner", 2000, time.Minute)
 		if err != nil || len(claimed) != 101 {
@@ -93,35 +73,17 @@ func TestBatchStatementsKeepTheirIndexesOnStaleStatistics(t *testing.T) {
 // "game_id = AND (game_id, id) <", PostgreSQL 15 read forwards through the
 // game's whole line (a row comparison whose id decides does not end a
 // scan): behind a hot game's 10,000 queued jobs, every claim of its head
-// read about 38 index pages for its guard.
+// read about 40 index pages for its guard.
 func TestClaimGuardReadsOnlyWhatLiesBeforeTheHead(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec pgtrace.Recorder
-	cfg.ConnConfig.Tracer = &rec
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	s := db.NewStore(pool, nil)
+	// The other games are another host's: the claim takes the head alone.
 	const host = "host-guard"
-	for _, q := range []string{
-		`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-guard', 'hot', 'stop' FROM generate_series(1, 10000)`,
-		`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-other', 'other-' || (i % 100), 'stop' FROM generate_series(0, 999) i`,
-		`ANALYZE jobs`,
-	} {
-		if _, err := pool.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pool, s, rec := hotLine(t, host, "host-other")
 	// Work down a few of the line's jobs, so that the head has ended
 	// jobs before it and 9,995 behind it.
 	var stmts []pgtrace.Statement
+	var err error
 	for range 5 {
 		stmts, err = rec.Record(func() error {
 			claimed, err := s.ClaimJobs(ctx, host, "owner", 2000, time.Minute)
@@ -174,4 +136,37 @@ func TestClaimGuardReadsOnlyWhatLiesBeforeTheHead(t *testing.T) {
 	if g["Scan Direction"] != "Backward" || pages > 8 {
 		t.Errorf("the guard reads %v, %v index pages for the hot game's head; want a backward scan of a few pages, whatever is queued behind it", g["Scan Direction"], pages)
 	}
+}
+
+// hotLine makes a database whose statements rec records, holding host's
+// hot game of 10,000 queued jobs and otherHost's 1,000 jobs over 100
+// other games, with statistics taken then: a hot game's line, on a table
+// small enough that reading it whole looks cheap.
+func hotLine(t *testing.T, host, otherHost string) (*pgxpool.Pool, *db.Store, *pgtrace.Recorder) {
+	t.Helper()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &pgtrace.Recorder{}
+	cfg.ConnConfig.Tracer = rec
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{`INSERT INTO jobs (host_id, game_id, kind) SELECT $1, 'hot', 'stop' FROM generate_series(1, 10000)`, []any{host}},
+		{`INSERT INTO jobs (host_id, game_id, kind) SELECT $1, 'other-' || (i % 100), 'stop' FROM generate_series(0, 999) i`, []any{otherHost}},
+		{`ANALYZE jobs`, nil},
+	} {
+		if _, err := pool.Exec(ctx, q.sql, q.args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pool, db.NewStore(pool, nil), rec
 }
