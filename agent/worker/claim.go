@@ -79,6 +79,9 @@ func (w *Worker) claimArrivals(ctx context.Context) {
 			return
 		case <-w.arrived:
 		}
+		if ctx.Err() != nil {
+			return // both were ready: no new work once stopping
+		}
 		ask := w.reserve(0, sideClaimMax)
 		if ask == 0 {
 			continue
