@@ -260,6 +260,12 @@ func (p Process) Start() (int, error) {
 		cmd = exec.Command(nsenter, append([]string{"--net=" + p.NetNS, "--", path}, p.Args[1:]...)...)
 	}
 	cmd.Env, cmd.Dir = p.Env, p.Dir
+	if _, err := os.Stat(p.Dir); err != nil {
+		// Its working directory is gone (/proc says "… (deleted)": a CI
+		// checkout removed since): start it from the root rather than
+		// fail with exec's misleading "no such file or directory".
+		cmd.Dir = "/"
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -87,3 +87,25 @@ func TestSocketPath(t *testing.T) {
 		}
 	}
 }
+
+// TestStartFromAWorkingDirectoryThatIsGone: a daemon started from a
+// directory removed since (a CI checkout deleted and cloned again) is
+// started again from the root; exec would otherwise fail with "no such
+// file or directory" for a binary that is there.
+func TestStartFromAWorkingDirectoryThatIsGone(t *testing.T) {
+	gone := filepath.Join(t.TempDir(), "checkout")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// This test binary, run again with a filter that matches no test:
+	// it exits at once.
+	p := Process{Pid: 1 << 30, Exe: exe, Args: []string{exe, "-test.run=^$"}, Env: os.Environ(), Dir: gone + " (deleted)"}
+	pid, err := p.Start()
+	if err != nil {
+		t.Fatalf("start from a working directory that is gone: %v", err)
+	}
+	if pid <= 0 {
+		t.Fatalf("pid %d", pid)
+	}
+}
