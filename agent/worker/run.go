@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/codes"
 
@@ -259,11 +261,21 @@ func (w *Worker) maxAttempts(j db.Job) int {
 
 func (r *running) lost() bool { return errors.Is(context.Cause(r.ctx), errLeaseLost) }
 
+// truncate makes an error message one a job can store: executor errors
+// quote daemon output, which may hold NUL bytes or invalid UTF-8 that
+// PostgreSQL's text and jsonb refuse (the outcome's write would fail, and
+// the job run again until it ran out of attempts), and may be long. It
+// cuts at a character's start.
 func truncate(s string) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 	if len(s) <= maxErrorBytes {
 		return s
 	}
-	return s[:maxErrorBytes] + "… (truncated)"
+	cut := maxErrorBytes
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "… (truncated)"
 }
 
 // kindAttr keeps metric cardinality bounded: the kind column is written by

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/db"
@@ -592,3 +593,38 @@ func checkManyWorkersKeepPerGameOrder(t *testing.T, prefetch int) {
 
 // quiet discards the worker's logs in benchmarks.
 var quiet = slog.New(slog.DiscardHandler)
+
+// TestErrorsTextCannotHoldAreStoredClean: an executor's error quotes
+// daemon output, which may hold a NUL byte or invalid UTF-8 (PostgreSQL's
+// text and jsonb take neither), or be long enough to be cut inside a
+// character. Each must still end its job, with a valid message and one
+// event, rather than make the outcome's write fail.
+func TestErrorsTextCannotHoldAreStoredClean(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	long := "x" + strings.Repeat("é", 3000) // cut at 4 KiB, inside an "é"
+	exec := worker.ExecutorFunc(func(ctx context.Context, task worker.Task) (worker.Result, error) {
+		if task.Spec.GameID == "long" {
+			return worker.Result{}, job.Permanent(errors.New(long))
+		}
+		return worker.Result{}, job.Permanent(errors.New("daemon said a\x00b and \xff\xfe"))
+	})
+	w := worker.New(s, exec, testConfig("owner-1"))
+	startWorker(t, w)
+	for _, game := range []string{"bytes", "long"} {
+		id := insert(t, s, game, "stop", `{}`, 0)
+		j := waitStatus(t, s, id, job.StatusFailed)
+		if !utf8.ValidString(j.LastError) || strings.ContainsRune(j.LastError, 0) {
+			t.Errorf("%s: stored error %q is not clean text", game, j.LastError)
+		}
+		if game == "bytes" && !strings.Contains(j.LastError, "daemon said a\uFFFDb and \uFFFD") {
+			t.Errorf("%s: stored error %q lost what it said", game, j.LastError)
+		}
+		if game == "long" && (len(j.LastError) > 4<<10+len("… (truncated)") || !strings.HasPrefix(j.LastError, "xéé")) {
+			t.Errorf("%s: stored error of %d bytes: %q…", game, len(j.LastError), j.LastError[:20])
+		}
+		if got := outcomeEvents(t, s, id); len(got) != 1 || got[0] != outbox.TypeJobFailed {
+			t.Errorf("%s: outcome events %v", game, got)
+		}
+	}
+}
