@@ -3,6 +3,7 @@ package db
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -39,13 +40,14 @@ func (s *Store) FinishJobs(ctx context.Context, owner string, batch []Finish) (m
 	p := dbsqlc.FinishJobsParams{
 		LeaseOwner: owner,
 		Ids:        make([]int64, len(batch)),
-		GameIds:    make([]string, len(batch)),
 		Attempts:   make([]int32, len(batch)),
-		Statuses:   make([]string, len(batch)),
-		LastErrors: make([]string, len(batch)),
-		EventTypes: make([]string, len(batch)),
-		Payloads:   make([]string, len(batch)),
 	}
+	// The statement reads the text values by place from JSON arrays (see
+	// queries/worker_batch.sql).
+	var (
+		games, statuses, lastErrors, eventTypes = make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch))
+		payloads                                = make([][]byte, len(batch))
+	)
 	// The statement finds each job's place in the arrays by binary search
 	// over the ids, so they go in ascending order.
 	batch = slices.SortedFunc(slices.Values(batch), func(a, b Finish) int { return cmp.Compare(a.Job.ID, b.Job.ID) })
@@ -65,13 +67,23 @@ func (s *Store) FinishJobs(ctx context.Context, owner string, batch []Finish) (m
 			return nil, fmt.Errorf("build outcome event of job %d: %w", j.ID, err)
 		}
 		p.Ids[i] = j.ID
-		p.GameIds[i] = j.GameID
 		p.Attempts[i] = int32(j.Attempt)
-		p.Statuses[i] = string(o.Status)
-		p.LastErrors[i] = o.Error
-		p.EventTypes[i] = string(ev.Type)
-		p.Payloads[i] = string(ev.Payload)
+		games[i] = j.GameID
+		statuses[i] = string(o.Status)
+		lastErrors[i] = o.Error
+		eventTypes[i] = string(ev.Type)
+		payloads[i] = ev.Payload
 	}
+	var err error
+	for _, a := range []struct {
+		to   *[]byte
+		from []string
+	}{{&p.GameIds, games}, {&p.Statuses, statuses}, {&p.LastErrors, lastErrors}, {&p.EventTypes, eventTypes}} {
+		if *a.to, err = json.Marshal(a.from); err != nil {
+			return nil, fmt.Errorf("finish jobs: encode the batch: %w", err)
+		}
+	}
+	p.Payloads = jsonArray(payloads)
 	rows, err := s.q.FinishJobs(ctx, p)
 	if err != nil {
 		return nil, fmt.Errorf("finish %d jobs of %s: %w", len(batch), owner, err)
@@ -81,4 +93,22 @@ func (s *Store) FinishJobs(ctx context.Context, owner string, batch []Finish) (m
 		done[r.JobID] = r.ID
 	}
 	return done, nil
+}
+
+// jsonArray joins JSON values (each valid, as json.Marshal makes them) into
+// one JSON array.
+func jsonArray(values [][]byte) []byte {
+	n := 2
+	for _, v := range values {
+		n += len(v) + 1
+	}
+	out := make([]byte, 0, n)
+	out = append(out, '[')
+	for i, v := range values {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, v...)
+	}
+	return append(out, ']')
 }

@@ -77,7 +77,9 @@ func TestFinishJobsWritesEachOutcomeWithOneEvent(t *testing.T) {
 	claimed := claimAll(t, s, "agent-1", "g1", "g2", "g3")
 	outcomes := []db.Outcome{
 		{Status: job.StatusSucceeded},
-		{Status: job.StatusFailed, Error: "docker said no"},
+		// Goes through a JSON array to the statement, so it has what JSON
+		// escapes.
+		{Status: job.StatusFailed, Error: "docker said \"no\"\n\tC:\\ <&> é 💥 \u0001"},
 		{Status: job.StatusCancelled},
 	}
 	wantType := []outbox.Type{outbox.TypeJobSucceeded, outbox.TypeJobFailed, outbox.TypeJobCancelled}
@@ -125,6 +127,53 @@ func TestFinishJobsWritesEachOutcomeWithOneEvent(t *testing.T) {
 	}
 }
 
+// TestFinishJobsGivesEachJobItsOwnValues finishes a batch longer than
+// the stride at which a jsonb array keeps its elements' offsets (32), each
+// job with an outcome of its own, and checks that every job and event got
+// the values handed in for it.
+func TestFinishJobsGivesEachJobItsOwnValues(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	games := make([]string, 100)
+	for i := range games {
+		games[i] = fmt.Sprintf("own-%03d", i)
+	}
+	claimed := claimAll(t, s, "agent-1", games...)
+	statuses := []job.Status{job.StatusSucceeded, job.StatusFailed, job.StatusCancelled}
+	batch := make([]db.Finish, len(claimed))
+	for i, j := range claimed {
+		o := db.Outcome{Status: statuses[i%3]}
+		if o.Status == job.StatusFailed {
+			o.Error = fmt.Sprintf("job %d of %s failed", j.ID, j.GameID)
+		}
+		batch[i] = db.Finish{Job: j, Outcome: o}
+	}
+	done, err := s.FinishJobs(ctx, "agent-1", batch)
+	if err != nil || len(done) != len(claimed) {
+		t.Fatalf("finished %d of %d: %v", len(done), len(claimed), err)
+	}
+	for i, j := range claimed {
+		want := batch[i].Outcome
+		got, err := s.GetJob(ctx, j.ID)
+		if err != nil || got.Status != want.Status || got.LastError != want.Error {
+			t.Fatalf("job %d: %s %q, want %s %q (%v)", j.ID, got.Status, got.LastError, want.Status, want.Error, err)
+		}
+		evs := jobEvents(t, s, j.ID)
+		if len(evs) != 1 || evs[0].GameID != j.GameID || evs[0].ID != done[j.ID] {
+			t.Fatalf("events of job %d: %+v", j.ID, evs)
+		}
+		var p outbox.JobPayload
+		if err := json.Unmarshal(evs[0].Payload, &p); err != nil {
+			t.Fatal(err)
+		}
+		if p.JobID != j.ID || p.GameID != j.GameID || p.Status != want.Status || p.Error != want.Error ||
+			string(evs[0].Type) != "job."+string(want.Status) {
+			t.Fatalf("event of job %d: %s %+v, want %s %q", j.ID, evs[0].Type, p, want.Status, want.Error)
+		}
+	}
+}
+
 // TestFinishJobsStatementRefusesIdsOutOfOrder calls the statement itself
 // with ids against the ascending order the store keeps: the binary search
 // then lands on other jobs' places, and the statement must finish nothing
@@ -141,16 +190,20 @@ func TestFinishJobsStatementRefusesIdsOutOfOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := dbsqlc.FinishJobsParams{LeaseOwner: "agent-1"}
+	var games, statuses, lastErrors, eventTypes []string
+	var payloads []json.RawMessage
 	for i := len(claimed) - 1; i >= 0; i-- {
 		j := claimed[i]
 		p.Ids = append(p.Ids, j.ID)
-		p.GameIds = append(p.GameIds, j.GameID)
 		p.Attempts = append(p.Attempts, 1)
-		p.Statuses = append(p.Statuses, string(job.StatusFailed))
-		p.LastErrors = append(p.LastErrors, fmt.Sprintf("the error of job %d", j.ID))
-		p.EventTypes = append(p.EventTypes, string(outbox.TypeJobFailed))
-		p.Payloads = append(p.Payloads, fmt.Sprintf(`{"job_id": %d}`, j.ID))
+		games = append(games, j.GameID)
+		statuses = append(statuses, string(job.StatusFailed))
+		lastErrors = append(lastErrors, fmt.Sprintf("the error of job %d", j.ID))
+		eventTypes = append(eventTypes, string(outbox.TypeJobFailed))
+		payloads = append(payloads, json.RawMessage(fmt.Sprintf(`{"job_id": %d}`, j.ID)))
 	}
+	p.GameIds, p.Statuses, p.LastErrors, p.EventTypes, p.Payloads =
+		mustJSON(t, games), mustJSON(t, statuses), mustJSON(t, lastErrors), mustJSON(t, eventTypes), mustJSON(t, payloads)
 	rows, err := dbsqlc.New(s.Pool()).FinishJobs(ctx, p)
 	if err != nil {
 		t.Fatal(err)
@@ -434,4 +487,13 @@ func TestFinishJobsConcurrentBatchesDoNotDeadlock(t *testing.T) {
 	if jobs != len(all) || events != len(all) || distinct != len(all) {
 		t.Fatalf("%d jobs succeeded, %d events for %d jobs; want %d of each", jobs, events, distinct, len(all))
 	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
