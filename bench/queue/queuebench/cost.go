@@ -95,7 +95,7 @@ func (m *meter) stop(ctx context.Context, at mark, datname string) (Cost, error)
 		return c, nil
 	}
 	rows, err := m.pool.Query(ctx, `
-SELECT regexp_replace(left(query, 400), '\s+', ' ', 'g'), calls, total_exec_time
+SELECT regexp_replace(left(query, 400), '\s+', ' ', 'g'), calls, total_exec_time, plans, total_plan_time
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1) AND `+ownQueries+`
 ORDER BY calls DESC`, datname)

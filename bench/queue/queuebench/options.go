@@ -167,6 +167,9 @@ type StatementCalls struct {
 	Query  string
 	Calls  int64
 	ExecMS float64
+	// Plans and PlanMS stay 0 unless the server tracks planning.
+	Plans  int64
+	PlanMS float64
 }
 
 // SizeRow is one backlog size: each side's rounds, in the order run.

@@ -282,14 +282,21 @@ func (r *Report) statementsMarkdown(w io.Writer) {
 		p("%s: %.3f statements, %.1f µs of statement execution and %.0f WAL bytes per job.", s.name,
 			float64(m.Cost.Statements)/float64(m.Jobs), m.Cost.ExecMS*1000/float64(m.Jobs), float64(m.Cost.WALBytes)/float64(m.Jobs))
 		p("")
-		p("| calls/job | µs/job | statement |")
-		p("|---|---|---|")
+		// Plans are counted only with pg_stat_statements.track_planning on
+		// (-set pg_stat_statements.track_planning=on).
+		p("| calls/job | µs/job | plans per call | planning µs/job | statement |")
+		p("|---|---|---|---|---|")
 		for _, t := range m.Cost.Top {
 			q := t.Query
 			if len(q) > 110 {
 				q = q[:110] + "…"
 			}
-			p("| %.4f | %.1f | `%s` |", float64(t.Calls)/float64(m.Jobs), t.ExecMS*1000/float64(m.Jobs), strings.ReplaceAll(q, "|", "\\|"))
+			perCall := 0.0
+			if t.Calls > 0 {
+				perCall = float64(t.Plans) / float64(t.Calls)
+			}
+			p("| %.4f | %.1f | %.2f | %.1f | `%s` |", float64(t.Calls)/float64(m.Jobs), t.ExecMS*1000/float64(m.Jobs),
+				perCall, t.PlanMS*1000/float64(m.Jobs), strings.ReplaceAll(q, "|", "\\|"))
 		}
 	}
 }
