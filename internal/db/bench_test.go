@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -160,11 +161,9 @@ func BenchmarkClaimFinishBatch(b *testing.B) {
 // (migration 000013; unsafe beside concurrent inserts, timed to price the
 // lock). Only "whole" is what the agent runs.
 func BenchmarkFinishParts(b *testing.B) {
-	const batch = 256
 	for _, part := range []string{"whole", "no_promotion", "no_events", "neither", "no_bucket_lock"} {
 		b.Run(part, func(b *testing.B) {
 			s := db.NewStore(pgtest.Pool(b), nil)
-			ctx := context.Background()
 			setup := map[string][]string{
 				"no_promotion": {"ALTER TABLE jobs DISABLE TRIGGER jobs_head_finish"},
 				"no_events": {`CREATE FUNCTION bench_drop_row() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'`,
@@ -174,46 +173,66 @@ func BenchmarkFinishParts(b *testing.B) {
 			if part == "no_bucket_lock" {
 				setup[part] = []string{promoteWithoutBucketLock(b, s)}
 			}
-			for _, q := range setup[part] {
-				if _, err := s.Pool().Exec(ctx, q); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if _, err := s.Pool().Exec(ctx,
-				`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-a', 'g' || i, 'stop' FROM generate_series(1, $1) i`, b.N*batch); err != nil {
-				b.Fatal(err)
-			}
-			batches := make([][]db.Finish, 0, b.N)
-			for range b.N {
-				jobs, err := s.ClaimJobs(ctx, "host-a", "agent-1", batch, time.Hour)
-				if err != nil || len(jobs) != batch {
-					b.Fatalf("claim: %d jobs, %v", len(jobs), err)
-				}
-				fs := make([]db.Finish, len(jobs))
-				for i, j := range jobs {
-					fs[i] = db.Finish{Job: j, Outcome: db.Outcome{Status: job.StatusSucceeded}}
-				}
-				batches = append(batches, fs)
-			}
-			if _, err := s.Pool().Exec(ctx, "VACUUM ANALYZE jobs"); err != nil {
-				b.Fatal(err)
-			}
-			stopProfile := perfRecord(b, "finish-"+part)
-			b.ResetTimer()
-			for _, fs := range batches {
-				if _, err := s.FinishJobs(ctx, "agent-1", fs); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			stopProfile()
-			var left int
-			if err := s.Pool().QueryRow(ctx, "SELECT count(*) FROM jobs WHERE status = 'running'").Scan(&left); err != nil || left != 0 {
-				b.Fatalf("%d jobs still running after the finishes (%v)", left, err)
-			}
-			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "us/job")
+			benchFinish(b, s, 256, setup[part], "finish-"+part)
 		})
 	}
+}
+
+// BenchmarkFinishBatchSize times the whole batch finish of 256, 1,024 and
+// 2,000 jobs, each of a game of its own: its cost per job must not grow
+// with the batch (it did, with the square of it, while the per-job text
+// values were read by place from text[]).
+func BenchmarkFinishBatchSize(b *testing.B) {
+	for _, batch := range []int{256, 1024, 2000} {
+		b.Run(strconv.Itoa(batch), func(b *testing.B) {
+			benchFinish(b, db.NewStore(pgtest.Pool(b), nil), batch, nil, fmt.Sprintf("finish-batch-%d", batch))
+		})
+	}
+}
+
+// benchFinish runs setup, then times b.N finishes of batch running jobs,
+// each of a game of its own (the no-op benchmark's shape), and reports
+// the time per job.
+func benchFinish(b *testing.B, s *db.Store, batch int, setup []string, profile string) {
+	ctx := context.Background()
+	for _, q := range setup {
+		if _, err := s.Pool().Exec(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := s.Pool().Exec(ctx,
+		`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-a', 'g' || i, 'stop' FROM generate_series(1, $1) i`, b.N*batch); err != nil {
+		b.Fatal(err)
+	}
+	batches := make([][]db.Finish, 0, b.N)
+	for range b.N {
+		jobs, err := s.ClaimJobs(ctx, "host-a", "agent-1", batch, time.Hour)
+		if err != nil || len(jobs) != batch {
+			b.Fatalf("claim: %d jobs, %v", len(jobs), err)
+		}
+		fs := make([]db.Finish, len(jobs))
+		for i, j := range jobs {
+			fs[i] = db.Finish{Job: j, Outcome: db.Outcome{Status: job.StatusSucceeded}}
+		}
+		batches = append(batches, fs)
+	}
+	if _, err := s.Pool().Exec(ctx, "VACUUM ANALYZE jobs"); err != nil {
+		b.Fatal(err)
+	}
+	stopProfile := perfRecord(b, profile)
+	b.ResetTimer()
+	for _, fs := range batches {
+		if _, err := s.FinishJobs(ctx, "agent-1", fs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	stopProfile()
+	var left int
+	if err := s.Pool().QueryRow(ctx, "SELECT count(*) FROM jobs WHERE status = 'running'").Scan(&left); err != nil || left != 0 {
+		b.Fatalf("%d jobs still running after the finishes (%v)", left, err)
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "us/job")
 }
 
 // promoteWithoutBucketLock returns the definition of the promotion
