@@ -44,10 +44,9 @@ func (s *Store) FinishJobs(ctx context.Context, owner string, batch []Finish) (m
 	}
 	// The statement reads the text values by place from JSON arrays (see
 	// queries/worker_batch.sql).
-	var (
-		games, statuses, lastErrors, eventTypes = make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch))
-		payloads                                = make([][]byte, len(batch))
-	)
+	n := len(batch)
+	games, statuses, lastErrors, eventTypes := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	payloads := make([][]byte, n)
 	// The statement finds each job's place in the arrays by binary search
 	// over the ids, so they go in ascending order.
 	batch = slices.SortedFunc(slices.Values(batch), func(a, b Finish) int { return cmp.Compare(a.Job.ID, b.Job.ID) })
