@@ -260,6 +260,9 @@ func endedSince(cur runtime.RuntimeRecord, runStartedAt time.Time) bool {
 // checkTimeout bounds the look at a container inside a job's commit.
 const checkTimeout = 10 * time.Second
 
+// startTimeout bounds a container's start, which a cancel does not cut.
+const startTimeout = time.Minute
+
 // exitedSince is the Check of a job that left the game running in
 // container id (see worker.Result.Check): at commit time, under the game's
 // lock, it looks at the container again and, if the engine has exited,
@@ -427,7 +430,14 @@ func (e *Executor) createContainer(ctx context.Context, spec engine.ContainerSpe
 // cannot start; it holds nothing of the game's (the state is in the
 // bind-mounted directory), so it is replaced by one on the network made
 // again.
+//
+// A cancel does not cut the start call short. Cutting it would not stop
+// the daemon, only the wait for its answer: the engine would run while
+// the job ended with no record of it. The call is bounded instead, and the
+// cancel is seen right after it, when the job returns its record change.
 func (e *Executor) startContainer(ctx context.Context, t worker.Task, spec engine.ContainerSpec, c engine.Container) (engine.Container, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
+	defer cancel()
 	err := e.eng.StartContainer(ctx, c.ID)
 	if !errors.Is(err, engine.ErrNetworkMissing) || t.Network == "" {
 		return c, err

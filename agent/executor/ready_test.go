@@ -410,12 +410,24 @@ func TestRestartNotReadyFails(t *testing.T) {
 }
 
 // cancelAfterStart is the real engine, except that once a container has
-// started it asks for the cancel of the game's running job and returns
-// only when the worker has cut the job's context: the cancel lands between
-// the start and the read of its start time, the narrowest window.
+// started it asks for the cancel of the game's running job and answers
+// only when the worker has cut the job's context (seen through the
+// context the job created its container with). It then answers as the
+// SDK does when its call's context is done: with the context's error,
+// though the daemon started the engine. The cancel thus lands inside the
+// start call, the narrowest window.
 type cancelAfterStart struct {
 	*engine.Docker
 	cancel func()
+	jobCtx chan context.Context
+}
+
+func (c cancelAfterStart) CreateContainer(ctx context.Context, spec engine.ContainerSpec) (engine.Container, error) {
+	select {
+	case c.jobCtx <- ctx:
+	default:
+	}
+	return c.Docker.CreateContainer(ctx, spec)
 }
 
 func (c cancelAfterStart) StartContainer(ctx context.Context, id string) error {
@@ -426,22 +438,23 @@ func (c cancelAfterStart) StartContainer(ctx context.Context, id string) error {
 	deadline := time.NewTimer(time.Minute)
 	defer deadline.Stop()
 	select {
-	case <-ctx.Done():
+	case <-(<-c.jobCtx).Done():
 	case <-deadline.C:
 	}
-	return nil
+	return ctx.Err()
 }
 
-// TestStartCancelledRightAfterTheEngineStarted: a cancel that cuts a
-// gated start right after Docker started its engine, before the job read
-// the start time, still leaves the record saying the engine runs
-// (job_start, then job.cancelled). (Without a health check there is
-// nothing left to cut: the job succeeds.)
+// TestStartCancelledRightAfterTheEngineStarted: a cancel that comes while
+// Docker starts a gated start's engine, before the daemon's answer, still
+// leaves the record saying the engine runs (job_start, then
+// job.cancelled): the start call is not cut, the cancel is seen right
+// after it. (Without a health check there is nothing left to cut: the job
+// succeeds.)
 func TestStartCancelledRightAfterTheEngineStarted(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	const g = "cut"
-	eng := cancelAfterStart{Docker: e.eng, cancel: func() {
+	eng := cancelAfterStart{Docker: e.eng, jobCtx: make(chan context.Context, 1), cancel: func() {
 		if _, err := e.store.Pool().Exec(context.Background(),
 			`UPDATE jobs SET cancel_requested_at = now() WHERE game_id = $1 AND status = 'running'`, g); err != nil {
 			t.Error(err)
