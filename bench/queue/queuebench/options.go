@@ -67,6 +67,12 @@ type Options struct {
 	// game's line).
 	HotJobs, OtherGames, OtherJobsPerGame, PickupJobs int
 	OtherRate                                         float64
+	// OursSQL, when set, runs on our database after its migrations: a
+	// variant of the schema priced beside the one the agent ships (the
+	// report says so at its top). Empty: the shipped schema.
+	OursSQL string
+	// OursSQLName names OursSQL in the report (its file, say).
+	OursSQLName string
 	// ServerPID is the server's postmaster when the server runs on this
 	// (Linux) machine, as StartServer's does: the CPU time of its
 	// processes is then reported per job. Zero: not measured.

@@ -3,6 +3,8 @@ package queuebench_test
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -124,5 +126,49 @@ func TestTinyRun(t *testing.T) {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, md.String())
 		}
+	}
+}
+
+// TestVariants runs each schema variant of variants/ (priced beside the
+// shipped schema, see their headers) through a tiny run, so that they
+// keep applying over the migrations and their figures stay reproducible:
+// Run checks that every job was done, ours each with its outcome event,
+// and the report must say that ours ran a variant.
+func TestVariants(t *testing.T) {
+	files, err := filepath.Glob("../variants/*.sql")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no variants found: %v", err)
+	}
+	ctx := context.Background()
+	srv, err := queuebench.StartServer(ctx, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			sql, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var progress bytes.Buffer
+			rep, err := queuebench.Run(ctx, queuebench.Options{
+				AdminURL: srv.AdminURL, Sizes: []int{300}, Rounds: 1, Concurrency: 50,
+				RawCommits: 10, RawClaimJobs: 10,
+				OursSQL: string(sql), OursSQLName: filepath.Base(f),
+				Progress: &progress,
+			})
+			if err != nil {
+				t.Fatalf("%v\nprogress:\n%s", err, progress.String())
+			}
+			if got := rep.Sizes[0].Ours[0].Jobs; got != 300 {
+				t.Fatalf("ours did %d jobs, want 300", got)
+			}
+			var md bytes.Buffer
+			rep.Markdown(&md)
+			if want := "ours runs a schema variant, not the shipped schema:** " + filepath.Base(f); !strings.Contains(md.String(), want) {
+				t.Errorf("report lacks %q", want)
+			}
+		})
 	}
 }

@@ -149,6 +149,9 @@ func (r *Report) Markdown(w io.Writer) {
 	p("- River %s as `river bench` runs it: MaxWorkers %s, FetchCooldown %s, FetchPollInterval %s; a worker that returns nil; pool: %s.",
 		RiverVersion(), count(o.RiverMaxWorkers), o.RiverFetchCooldown, o.RiverFetchPollInterval, r.riverPool())
 	p("- ours: agent/worker as the agent runs it (LISTEN, batch finish) with `worker.Noop`, concurrency %d, prefetch %d, one host; pool: %s.", o.Concurrency, o.Prefetch, r.oursPool())
+	if o.OursSQL != "" {
+		p("- **ours runs a schema variant, not the shipped schema:** %s was run on our database after its migrations.", o.OursSQLName)
+	}
 	p("")
 	p("### Backlog worked down (jobs/s; each job a game of its own)")
 	p("")

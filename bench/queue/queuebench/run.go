@@ -64,6 +64,11 @@ WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffer
 	if err := db.MigrateUp(ctx, oursURL, db.MigrateOptions{}); err != nil {
 		return nil, fmt.Errorf("migrate our database: %w", err)
 	}
+	if opts.OursSQL != "" {
+		if err := execVariant(ctx, oursURL, opts.OursSQL); err != nil {
+			return nil, fmt.Errorf("run %s on our database: %w", opts.OursSQLName, err)
+		}
+	}
 	oursPool, err := pgxpool.New(ctx, oursURL)
 	if err != nil {
 		return nil, err
@@ -257,4 +262,16 @@ func randomSuffix() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// execVariant runs a schema variant's SQL (several statements) on the
+// database at url, in one implicit transaction of the simple protocol.
+func execVariant(ctx context.Context, url, sql string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.PgConn().Exec(ctx, sql).ReadAll()
+	return err
 }

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -27,7 +28,7 @@ func main() {
 	var o queuebench.Options
 	var sizes, out string
 	var socket bool
-	var cpuProfile string
+	var cpuProfile, oursSQL string
 	settings := map[string]string{}
 	flag.StringVar(&o.AdminURL, "database-url", "", "an existing server's maintenance database (its user needs CREATEDB); empty: a throwaway cluster")
 	flag.BoolVar(&socket, "socket", false, "connect to the throwaway cluster over its Unix socket instead of TCP on loopback")
@@ -62,7 +63,16 @@ func main() {
 	flag.Float64Var(&o.OtherRate, "other-rate", 500, "insert rate of the other games' jobs while their pickup latency is measured")
 	flag.StringVar(&out, "out", "bench-river.out", "file the report is also written to; empty: none")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write this process's CPU profile (both sides' Go code, not the server's) to this file")
+	flag.StringVar(&oursSQL, "ours-sql", "", "a file of SQL run on our database after its migrations: a schema variant priced beside the shipped one (see variants/)")
 	flag.Parse()
+	if oursSQL != "" {
+		b, err := os.ReadFile(oursSQL)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "queuebench: -ours-sql:", err)
+			os.Exit(2)
+		}
+		o.OursSQL, o.OursSQLName = string(b), filepath.Base(oursSQL)
+	}
 	for _, s := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
