@@ -157,11 +157,11 @@ func BenchmarkClaimFinishBatch(b *testing.B) {
 // differences: "no_promotion" disables the statement trigger that promotes
 // the next job of each ended head (migration 000010), "no_events" drops
 // the outbox rows in a BEFORE INSERT trigger, "neither" does both, and
-// "no_bucket_lock" promotes without first locking the games' buckets
-// (migration 000013; unsafe beside concurrent inserts, timed to price the
-// lock). Only "whole" is what the agent runs.
+// "no_head_lock" promotes without first taking the games' locks again
+// and the lines lock (migration 000014; unsafe beside concurrent inserts,
+// timed to price the statements). Only "whole" is what the agent runs.
 func BenchmarkFinishParts(b *testing.B) {
-	for _, part := range []string{"whole", "no_promotion", "no_events", "neither", "no_bucket_lock"} {
+	for _, part := range []string{"whole", "no_promotion", "no_events", "neither", "no_head_lock"} {
 		b.Run(part, func(b *testing.B) {
 			s := db.NewStore(pgtest.Pool(b), nil)
 			setup := map[string][]string{
@@ -170,8 +170,8 @@ func BenchmarkFinishParts(b *testing.B) {
 					"CREATE TRIGGER bench_drop_event BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION bench_drop_row()"},
 			}
 			setup["neither"] = append(setup["no_promotion"], setup["no_events"]...)
-			if part == "no_bucket_lock" {
-				setup[part] = []string{promoteWithoutBucketLock(b, s)}
+			if part == "no_head_lock" {
+				setup[part] = []string{promoteWithoutHeadLock(b, s)}
 			}
 			benchFinish(b, s, 256, setup[part], "finish-"+part)
 		})
@@ -235,19 +235,19 @@ func benchFinish(b *testing.B, s *db.Store, batch int, setup []string, profile s
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*batch), "us/job")
 }
 
-// promoteWithoutBucketLock returns the definition of the promotion
-// function as migrated, without the statement that locks the buckets: read
-// from the server, so the variant follows the migrations.
-func promoteWithoutBucketLock(b *testing.B, s *db.Store) string {
+// promoteWithoutHeadLock returns the definition of the promotion function
+// as migrated, without the statements that take the games' locks and the
+// lines lock: read from the server, so the variant follows the migrations.
+func promoteWithoutHeadLock(b *testing.B, s *db.Store) string {
 	b.Helper()
 	var def string
 	if err := s.Pool().QueryRow(context.Background(),
 		"SELECT pg_get_functiondef('rtm_jobs_head_promote(text[], bigint[])'::regprocedure)").Scan(&def); err != nil {
 		b.Fatal(err)
 	}
-	lock := regexp.MustCompile(`(?s)PERFORM 1 FROM job_line_locks.*?FOR UPDATE;`)
+	lock := regexp.MustCompile(`(?s)PERFORM pg_advisory_xact_lock\(.*?ORDER BY k\.key;\s*PERFORM pg_advisory_xact_lock_shared\(1920238, 0\);`)
 	if len(lock.FindAllString(def, -1)) != 1 {
-		b.Fatalf("the promotion no longer locks its buckets in one statement:\n%s", def)
+		b.Fatalf("the promotion no longer takes its locks in two statements:\n%s", def)
 	}
 	return lock.ReplaceAllString(def, "")
 }

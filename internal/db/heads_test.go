@@ -31,6 +31,21 @@ import (
 // claimed in id order, one at a time.
 func TestHeadsSurviveConcurrentInsertAndFinish(t *testing.T) {
 	t.Parallel()
+	hammerHeads(t, "")
+}
+
+// TestHeadsSurviveConcurrentInsertAndFinishPastTheLockCap is the same race
+// with rtm.head_line_locks at 1: an INSERT of several rows behind others'
+// jobs takes one game's lock and then the lines lock (migration 000014),
+// the path of a mass insert past 32 games (by default).
+func TestHeadsSurviveConcurrentInsertAndFinishPastTheLockCap(t *testing.T) {
+	t.Parallel()
+	hammerHeads(t, "1")
+}
+
+// hammerHeads runs the race of TestHeadsSurviveConcurrentInsertAndFinish,
+// with the inserts' rtm.head_line_locks set to lineLocks unless empty.
+func hammerHeads(t *testing.T, lineLocks string) {
 	s := newStore(t)
 	pool := s.Pool()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -85,9 +100,18 @@ func TestHeadsSurviveConcurrentInsertAndFinish(t *testing.T) {
 				for i := range ids {
 					ids[i] = mine[rng.IntN(len(mine))]
 				}
-				if _, err := pool.Exec(ctx,
-					`INSERT INTO jobs (host_id, game_id, kind) SELECT $1, g, 'stop' FROM unnest($2::text[]) WITH ORDINALITY AS u(g, o) ORDER BY o`,
-					host, ids); err != nil {
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					if lineLocks != "" {
+						if _, err := tx.Exec(ctx, "SELECT set_config('rtm.head_line_locks', $1, true)", lineLocks); err != nil {
+							return err
+						}
+					}
+					_, err := tx.Exec(ctx,
+						`INSERT INTO jobs (host_id, game_id, kind) SELECT $1, g, 'stop' FROM unnest($2::text[]) WITH ORDINALITY AS u(g, o) ORDER BY o`,
+						host, ids)
+					return err
+				})
+				if err != nil {
 					insertErr.Store(&err)
 					return
 				}
@@ -374,9 +398,13 @@ func TestHeadsFollowEveryPath(t *testing.T) {
 }
 
 // TestHeadsOfAMassInsert: the Game Master's mass operation, 50,000 jobs in
-// one plain INSERT, works (the marker takes row locks, which the lock
-// table does not count) and marks one head per game, both for 50,000 new
-// games and for 100 games with long lines.
+// one plain INSERT, works and marks one head per game, for 50,000 new
+// games and for 100 games with long lines; and 50,000 more jobs of the
+// 50,000 games, each behind another transaction's job, work too and leave
+// every game exactly one head: the insert holds game locks up to half of
+// max_locks_per_transaction and then the lines lock (migration 000014),
+// not 50,000 advisory locks, which would fill the server's lock table
+// ("out of shared memory").
 func TestHeadsOfAMassInsert(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
@@ -397,6 +425,27 @@ func TestHeadsOfAMassInsert(t *testing.T) {
 		}
 	}
 	checkHeads(t, s, "host-mass-100")
+
+	const host = "host-mass-50000"
+	var locks, perTx int
+	if err := s.Pool().QueryRow(ctx, "SELECT current_setting('max_locks_per_transaction')::int").Scan(&perTx); err != nil {
+		t.Fatal(err)
+	}
+	err := pgx.BeginFunc(ctx, s.Pool(), func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx,
+			`INSERT INTO jobs (host_id, game_id, kind) SELECT $1, $1 || '-' || (i % 50000), 'stop' FROM generate_series(1, 50000) i`,
+			host); err != nil {
+			return fmt.Errorf("insert 50,000 jobs behind another transaction's: %w", err)
+		}
+		return tx.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&locks)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := perTx/2 + 1; locks != want {
+		t.Errorf("the insert behind 50,000 games held %d advisory locks, want %d (half of max_locks_per_transaction %d in games, and the lines lock)", locks, want, perTx)
+	}
+	checkHeads(t, s, host)
 }
 
 // TestCrossingInsertsOfNewGamesDoNotWait: two Game Master transactions
@@ -522,4 +571,42 @@ func TestHeadsUnderRepeatableRead(t *testing.T) {
 	if err != nil || len(claimed) != 1 || claimed[0].ID != first {
 		t.Fatalf("claim with every job marked: %+v, %v (want only job %d)", claimed, err, first)
 	}
+}
+
+// TestHeadLockSettingsCannotSkipTheLock: the insert's count of the game
+// locks it took is a setting a session can write too; no value of it lets
+// an insert behind another transaction's job say "not the head" without a
+// lock (migration 000014): anything but a count under the cap takes the
+// lines lock.
+func TestHeadLockSettingsCannotSkipTheLock(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	const host = "host-spoof"
+	for i, held := range []string{"all", "not a count", "-1", "999999999"} {
+		game := fmt.Sprintf("spoof-%d", i)
+		if _, err := s.Pool().Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind) VALUES ($1, $2, 'stop')`, host, game); err != nil {
+			t.Fatal(err)
+		}
+		var head bool
+		var lines int
+		err := pgx.BeginFunc(ctx, s.Pool(), func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT set_config('rtm.head_lines_held', $1, true)", held); err != nil {
+				return err
+			}
+			if err := tx.QueryRow(ctx, `INSERT INTO jobs (host_id, game_id, kind) VALUES ($1, $2, 'stop') RETURNING is_head`, host, game).Scan(&head); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, `SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND classid = 1920238 AND objid = 0 AND objsubid = 2
+  AND mode = 'ExclusiveLock' AND granted AND pid = pg_backend_pid()`).Scan(&lines)
+		})
+		if err != nil {
+			t.Fatalf("rtm.head_lines_held %q: %v", held, err)
+		}
+		if head || lines != 1 {
+			t.Errorf("rtm.head_lines_held %q: the job behind another's is_head %v, lines lock held %d times (want false, 1)", held, head, lines)
+		}
+	}
+	checkHeads(t, s, host)
 }

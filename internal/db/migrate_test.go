@@ -306,6 +306,10 @@ func TestMigration13KeepsTheLinesGoing(t *testing.T) {
 	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Back to 13 (the way back from 14 makes the buckets again).
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 14), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	var buckets int
 	var linesLeft bool
 	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM job_line_locks), to_regclass('job_lines') IS NOT NULL`).Scan(&buckets, &linesLeft); err != nil {
@@ -333,5 +337,74 @@ func TestMigration13KeepsTheLinesGoing(t *testing.T) {
 	}
 	if lines != "a b" {
 		t.Fatalf("job_lines after the way back: %q", lines)
+	}
+}
+
+// TestMigration14KeepsTheLinesGoing: the head marker's locks change from
+// the bucket rows to advisory locks with a game queued behind a running
+// job, which is promoted after the migration; an insert behind another
+// transaction's job still says "not the head"; and the way back makes the
+// buckets again, under which the lines keep going.
+func TestMigration14KeepsTheLinesGoing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u := pgtest.EmptyURL(t)
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 14), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	exec := func(q string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	queuedHeads := func() string {
+		t.Helper()
+		var heads string
+		if err := conn.QueryRow(ctx, `SELECT coalesce(string_agg(game_id || ':' || id, ' ' ORDER BY id), '') FROM jobs WHERE is_head AND status = 'queued'`).Scan(&heads); err != nil {
+			t.Fatal(err)
+		}
+		return heads
+	}
+	run := `UPDATE jobs SET status = 'running', lease_owner = 'o', lease_expires_at = now() + interval '1 minute' WHERE id = (SELECT min(id) FROM jobs WHERE game_id = 'a' AND status = 'queued')`
+	finish := `UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE game_id = 'a' AND status = 'running'`
+	exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'b', 'stop')`)
+	exec(run)
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var bucketsLeft bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('job_line_locks') IS NOT NULL`).Scan(&bucketsLeft); err != nil || bucketsLeft {
+		t.Fatalf("after the migration: job_line_locks left %v (%v)", bucketsLeft, err)
+	}
+	// Behind the running job, committed by another transaction: the
+	// insert takes the game's lock and says "not the head".
+	exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop')`)
+	if got := queuedHeads(); got != "b:3" {
+		t.Fatalf("queued heads with a running: %q, want \"b:3\"", got)
+	}
+	exec(finish)
+	if got := queuedHeads(); got != "a:2 b:3" {
+		t.Fatalf("queued heads after a's finish: %q, want \"a:2 b:3\"", got)
+	}
+	if err := db.MigrateDown(ctx, u, 1, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var buckets int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM job_line_locks`).Scan(&buckets); err != nil || buckets != 65536 {
+		t.Fatalf("after the way back: %d buckets (%v)", buckets, err)
+	}
+	exec(run)
+	exec(finish)
+	if got := queuedHeads(); got != "b:3 a:4" {
+		t.Fatalf("queued heads after the way back and a's second finish: %q, want \"b:3 a:4\"", got)
 	}
 }

@@ -56,10 +56,6 @@ type Job struct {
 	IsHead            bool
 }
 
-type JobLineLock struct {
-	Bucket int32
-}
-
 type Outbox struct {
 	ID        int64
 	Xid       uint64
