@@ -438,7 +438,11 @@ func (c cancelAfterStart) StartContainer(ctx context.Context, id string) error {
 	deadline := time.NewTimer(time.Minute)
 	defer deadline.Stop()
 	select {
-	case <-(<-c.jobCtx).Done():
+	case job := <-c.jobCtx:
+		select {
+		case <-job.Done():
+		case <-deadline.C:
+		}
 	case <-deadline.C:
 	}
 	return ctx.Err()
