@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -236,7 +237,12 @@ func TestLifecycleEndToEnd(t *testing.T) {
 		t.Fatalf("a second start changed things: %+v", again)
 	}
 
-	// stop
+	// stop, once the engine handles SIGTERM: sent earlier, it would hit
+	// the Go runtime's default action and the engine would exit 143.
+	wait.ForErr(t, time.Minute, "engine ready for SIGTERM", func() (bool, error) {
+		_, err := os.Stat(filepath.Join(rec.StatePath, "engine-started"))
+		return err == nil, err
+	})
 	e.succeeded(e.insert(g, "stop", `{"timeout_seconds": 5}`))
 	rec = e.record(g)
 	cs = e.containers(g)
@@ -250,7 +256,7 @@ func TestLifecycleEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	if exit == nil || *exit != 0 || !requested {
-		t.Fatalf("stop event: exit %v, requested %v", exit, requested)
+		t.Fatalf("stop event: exit %s, requested %v", fmtExit(exit), requested)
 	}
 
 	// restart: the same container, running again
@@ -487,4 +493,11 @@ func TestRemoveFindsItsGoalReached(t *testing.T) {
 			t.Errorf("game %s: events %v, want %v", g, got, want)
 		}
 	}
+}
+
+func fmtExit(code *int) string {
+	if code == nil {
+		return "none"
+	}
+	return strconv.Itoa(*code)
 }
