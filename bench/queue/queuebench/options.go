@@ -234,8 +234,13 @@ type GrowthRow struct {
 	BaseLabel, GrowLabel string
 	// Pickup latency (hot-game row), p50 and p99, base and grown.
 	PickupBase, PickupGrow [2]time.Duration
+	// BaseRounds and GrowRounds, when set, are the rounds Base and Grow
+	// are the medians of (the hot-game row: pickup latencies are medians
+	// of the rounds' too).
+	BaseRounds, GrowRounds []Measure
 	// HotLeft: the hot game's jobs still queued when the latency window
-	// ended (so the hot game was still ahead of the others).
+	// ended in the first round (so the hot game was still ahead of the
+	// others).
 	HotLeft int
 	// Claim plans on the base and the grown table.
 	ClaimBase, ClaimGrow Explain

@@ -30,7 +30,7 @@ func TestTinyRun(t *testing.T) {
 	}
 	var progress bytes.Buffer
 	rep, err := queuebench.Run(ctx, queuebench.Options{
-		AdminURL: srv.AdminURL, ServerPID: pid, Sizes: []int{200, 300}, Rounds: 1,
+		AdminURL: srv.AdminURL, ServerPID: pid, Sizes: []int{200, 300}, Rounds: 2,
 		RawCommits: 50, RawClaimJobs: 100,
 		Alongside: time.Second, AlongsideMin: 200,
 		Growth: true, GrowthBacklog: 150, Finished: 1000, ManyGames: 40,
@@ -57,11 +57,13 @@ func TestTinyRun(t *testing.T) {
 		t.Fatalf("%d size rows, want 2", len(rep.Sizes))
 	}
 	for _, row := range rep.Sizes {
-		if len(row.River) != 1 || len(row.Ours) != 1 {
-			t.Fatalf("backlog %d: %d River and %d ours rounds, want 1 each", row.Jobs, len(row.River), len(row.Ours))
+		if len(row.River) != 2 || len(row.Ours) != 2 {
+			t.Fatalf("backlog %d: %d River and %d ours rounds, want 2 each", row.Jobs, len(row.River), len(row.Ours))
 		}
-		checkMeasure("River", row.River[0], row.Jobs)
-		checkMeasure("ours", row.Ours[0], row.Jobs)
+		for i := range 2 {
+			checkMeasure("River", row.River[i], row.Jobs)
+			checkMeasure("ours", row.Ours[i], row.Jobs)
+		}
 		if !strings.Contains(row.Claim.Custom, "Execution Time") || !strings.Contains(row.Claim.Generic, "Execution Time") ||
 			!strings.Contains(row.Claim.Custom, "jobs") {
 			t.Errorf("backlog %d: our claim was not explained:\n%s", row.Jobs, row.Claim.Custom)
@@ -81,10 +83,10 @@ func TestTinyRun(t *testing.T) {
 	if all := strings.Join(top, "\n"); !strings.Contains(all, "ClaimJobs") || !strings.Contains(all, "FinishJobs") {
 		t.Errorf("our top statements lack the claim or the finish:\n%s", all)
 	}
-	if len(rep.Raw) != 1 || rep.Raw[0].CommitsPerSec <= 0 || rep.Raw[0].ClaimUpdatePerSec <= 0 {
+	if len(rep.Raw) != 2 || rep.Raw[0].CommitsPerSec <= 0 || rep.Raw[0].ClaimUpdatePerSec <= 0 {
 		t.Errorf("raw baselines: %+v", rep.Raw)
 	}
-	if len(rep.Alongside.River) != 1 || len(rep.Alongside.Ours) != 1 ||
+	if len(rep.Alongside.River) != 2 || len(rep.Alongside.Ours) != 2 ||
 		rep.Alongside.River[0].Jobs <= 0 || rep.Alongside.Ours[0].Jobs <= 0 {
 		t.Errorf("alongside: %+v", rep.Alongside)
 	}
@@ -113,6 +115,13 @@ func TestTinyRun(t *testing.T) {
 	}
 	if hot := rows["hot/ours"]; hot.PickupGrow[0] <= 0 || hot.PickupGrow[1] < hot.PickupGrow[0] || hot.PickupBase[1] < hot.PickupBase[0] {
 		t.Errorf("hot game pickup: base %v, grown %v", hot.PickupBase, hot.PickupGrow)
+	}
+	// The hot row alternates rounds of base and grown and reports the
+	// median (of two, the slower).
+	if hot := rows["hot/ours"]; len(hot.BaseRounds) != 2 || len(hot.GrowRounds) != 2 {
+		t.Errorf("hot game rounds: %d base, %d grown; want 2 each", len(hot.BaseRounds), len(hot.GrowRounds))
+	} else if lo := min(hot.GrowRounds[0].PerSec(), hot.GrowRounds[1].PerSec()); hot.Grow.PerSec() != lo {
+		t.Errorf("hot game grown: %.0f jobs/s reported, rounds %.0f and %.0f", hot.Grow.PerSec(), hot.GrowRounds[0].PerSec(), hot.GrowRounds[1].PerSec())
 	}
 	// The claim reads the heads only (migration 000010), each checked for
 	// an earlier unfinished job of its game (the guard's SubPlan).

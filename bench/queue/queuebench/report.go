@@ -238,8 +238,12 @@ func (r *Report) growthMarkdown(w io.Writer) {
 	for _, g := range r.Growth {
 		base, grow := g.Base.PerSec(), g.Grow.PerSec()
 		what := map[string]string{"finished": "finished jobs in the table", "games": "many games", "hot": "hot game: the other games' throughput"}[g.Name]
+		baseFig, growFig := fmtRate(base)+" jobs/s", fmtRate(grow)+" jobs/s"
+		if len(g.BaseRounds) > 1 {
+			baseFig, growFig = fmtRate(base)+" jobs/s ("+fmtRates(g.BaseRounds)+")", fmtRate(grow)+" jobs/s ("+fmtRates(g.GrowRounds)+")"
+		}
 		lines = append(lines, line{what + " (" + g.BaseLabel + " → " + g.GrowLabel + ")", g.Side,
-			fmtRate(base) + " jobs/s", fmtRate(grow) + " jobs/s", ratio(grow, base), keyLines(g.ClaimBase.Custom) + " → " + keyLines(g.ClaimGrow.Custom)})
+			baseFig, growFig, ratio(grow, base), keyLines(g.ClaimBase.Custom) + " → " + keyLines(g.ClaimGrow.Custom)})
 		if g.Name == "hot" {
 			lines = append(lines, line{fmt.Sprintf("hot game: the other games' pickup p50 / p99, %s jobs inserted at %.0f/s (%s of the hot game's jobs still queued after)", count(r.Options.PickupJobs), r.Options.OtherRate, count(g.HotLeft)), g.Side,
 				fmt.Sprintf("%s / %s", ms(g.PickupBase[0]), ms(g.PickupBase[1])), fmt.Sprintf("%s / %s", ms(g.PickupGrow[0]), ms(g.PickupGrow[1])),
@@ -252,7 +256,9 @@ func (r *Report) growthMarkdown(w io.Writer) {
 	p("")
 	p("### Flat as the work grows (target: grown within 10 %% of base)")
 	p("")
-	p("One run per row (the backlog row: medians of the rounds above). The claim column is `EXPLAIN (ANALYZE, BUFFERS)` of the side's claim on the full backlog, custom plan: execution time and the top node's buffers.")
+	p("One run per row, except: the backlog row gives the medians of the rounds above, and the hot-game rows the medians of %d rounds of base and grown, alternating (pickup: the medians of each round's p50 and p99).", r.Options.Rounds)
+	p("")
+	p("The claim column is `EXPLAIN (ANALYZE, BUFFERS)` of the side's claim on the full backlog, custom plan: execution time and the top node's buffers.")
 	p("")
 	p("| row | side | base | grown | grown/base | claim, base → grown |")
 	p("|---|---|---|---|---|---|")
