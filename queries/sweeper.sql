@@ -57,18 +57,19 @@ DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id;
 -- name: DeleteReadOutbox :execrows
 -- One batch of outbox rows older than the retention that every registered
 -- consumer has read past. With no consumer registered, by age alone.
+-- In (xid, id) order, the primary key's (migration 000015).
 WITH doomed AS (
-    SELECT o.id FROM outbox o
+    SELECT o.xid, o.id FROM outbox o
     WHERE o.created_at < now() - sqlc.arg(retention_ms)::bigint * interval '1 millisecond'
       AND NOT EXISTS (
           SELECT 1 FROM outbox_consumers c
           WHERE (o.xid, o.id) > (c.last_xid, c.last_id)
       )
-    ORDER BY o.id
+    ORDER BY o.xid, o.id
     LIMIT sqlc.arg(max_rows)
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM outbox USING doomed WHERE outbox.id = doomed.id;
+DELETE FROM outbox USING doomed WHERE (outbox.xid, outbox.id) = (doomed.xid, doomed.id);
 
 -- name: RegisterOutboxConsumer :one
 -- Registers a consumer at the beginning of the outbox; an already

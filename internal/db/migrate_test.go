@@ -395,7 +395,7 @@ func TestMigration14KeepsTheLinesGoing(t *testing.T) {
 	if got := queuedHeads(); got != "a:2 b:3" {
 		t.Fatalf("queued heads after a's finish: %q, want \"a:2 b:3\"", got)
 	}
-	if err := db.MigrateDown(ctx, u, 1, db.MigrateOptions{}); err != nil {
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 14), db.MigrateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var buckets int
@@ -406,5 +406,95 @@ func TestMigration14KeepsTheLinesGoing(t *testing.T) {
 	exec(finish)
 	if got := queuedHeads(); got != "b:3 a:4" {
 		t.Fatalf("queued heads after the way back and a's second finish: %q, want \"b:3 a:4\"", got)
+	}
+}
+
+// TestMigration15KeysTheOutboxByXidAndId: the outbox's primary key moves
+// from id to (xid, id) and back with events in it, which keep their
+// order; afterwards no index of the outbox is on id alone, and the key
+// refuses a second row at a taken (xid, id).
+func TestMigration15KeysTheOutboxByXidAndId(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u := pgtest.EmptyURL(t)
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 15), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Three transactions, the first one's events written last.
+	other, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	first, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []string{"b", "c"} {
+		if _, err := conn.Exec(ctx, `INSERT INTO outbox (type, host_id, game_id, payload) VALUES ('e', 'h', $1, '{}'), ('e', 'h', $1, '{}')`, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := first.Exec(ctx, `INSERT INTO outbox (type, host_id, game_id, payload) VALUES ('e', 'h', 'a', '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	order := func() string {
+		t.Helper()
+		var got string
+		if err := conn.QueryRow(ctx, `SELECT string_agg(game_id || id, ' ' ORDER BY xid, id) FROM outbox`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	keyColumns := func() (key string, idAlone bool) {
+		t.Helper()
+		if err := conn.QueryRow(ctx, `SELECT
+  (SELECT string_agg(a.attname, ',' ORDER BY k.n) FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(att, n), pg_attribute a
+   WHERE i.indrelid = 'outbox'::regclass AND i.indisprimary AND a.attrelid = i.indrelid AND a.attnum = k.att),
+  EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = 'outbox'::regclass AND i.indkey::text = (SELECT attnum::text FROM pg_attribute WHERE attrelid = 'outbox'::regclass AND attname = 'id'))`).Scan(&key, &idAlone); err != nil {
+			t.Fatal(err)
+		}
+		return key, idAlone
+	}
+	const want = "a5 b1 b2 c3 c4"
+	if got := order(); got != want {
+		t.Fatalf("events before the migration in (xid, id) order: %q, want %q", got, want)
+	}
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if key, idAlone := keyColumns(); key != "xid,id" || idAlone {
+		t.Fatalf("after the migration: primary key (%s), an index on id alone: %v", key, idAlone)
+	}
+	if got := order(); got != want {
+		t.Fatalf("events after the migration: %q, want %q", got, want)
+	}
+	_, err = conn.Exec(ctx, `INSERT INTO outbox (id, xid, type, host_id, game_id, payload) OVERRIDING SYSTEM VALUE
+SELECT id, xid, 'e', 'h', 'x', '{}' FROM outbox WHERE game_id = 'a'`)
+	if err == nil || !strings.Contains(err.Error(), "outbox_pkey") {
+		t.Fatalf("a second event at a taken (xid, id): %v, want a violation of outbox_pkey", err)
+	}
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 15), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if key, idAlone := keyColumns(); key != "id" || !idAlone {
+		t.Fatalf("after the way back: primary key (%s), an index on id alone: %v", key, idAlone)
+	}
+	if got := order(); got != want {
+		t.Fatalf("events after the way back: %q, want %q", got, want)
 	}
 }

@@ -106,17 +106,17 @@ func (q *Queries) DeleteOutboxConsumer(ctx context.Context, name string) (int64,
 
 const deleteReadOutbox = `-- name: DeleteReadOutbox :execrows
 WITH doomed AS (
-    SELECT o.id FROM outbox o
+    SELECT o.xid, o.id FROM outbox o
     WHERE o.created_at < now() - $1::bigint * interval '1 millisecond'
       AND NOT EXISTS (
           SELECT 1 FROM outbox_consumers c
           WHERE (o.xid, o.id) > (c.last_xid, c.last_id)
       )
-    ORDER BY o.id
+    ORDER BY o.xid, o.id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM outbox USING doomed WHERE outbox.id = doomed.id
+DELETE FROM outbox USING doomed WHERE (outbox.xid, outbox.id) = (doomed.xid, doomed.id)
 `
 
 type DeleteReadOutboxParams struct {
@@ -126,6 +126,7 @@ type DeleteReadOutboxParams struct {
 
 // One batch of outbox rows older than the retention that every registered
 // consumer has read past. With no consumer registered, by age alone.
+// In (xid, id) order, the primary key's (migration 000015).
 func (q *Queries) DeleteReadOutbox(ctx context.Context, arg DeleteReadOutboxParams) (int64, error) {
 	result, err := q.db.Exec(ctx, deleteReadOutbox, arg.RetentionMs, arg.MaxRows)
 	if err != nil {
