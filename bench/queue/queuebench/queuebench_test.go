@@ -131,7 +131,7 @@ func TestTinyRun(t *testing.T) {
 
 	var md bytes.Buffer
 	rep.Markdown(&md)
-	for _, want := range []string{"| 200 |", "| 300 |", "ours/River", "server CPU µs/job", "backlog 200 → 300", "finished jobs in the table", "hot game", "### EXPLAIN (ANALYZE, BUFFERS)", "What each side's no-op job includes", "-- name: ClaimJobs"} {
+	for _, want := range []string{"| 200 |", "| 300 |", "ours/River", "server CPU µs/job", "backlog 200 → 300", "finished jobs in the table", "hot game", "The hot-game row's throughput phase", "### EXPLAIN (ANALYZE, BUFFERS)", "What each side's no-op job includes", "-- name: ClaimJobs"} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, md.String())
 		}

@@ -265,6 +265,42 @@ func (r *Report) growthMarkdown(w io.Writer) {
 	for _, l := range lines {
 		p("| %s | %s | %s | %s | **%s** | %s |", l.what, l.side, l.base, l.grow, l.ratio, l.claim)
 	}
+	for _, g := range r.Growth {
+		if g.Name != "hot" || g.Base.Jobs == 0 || g.Grow.Jobs == 0 {
+			continue
+		}
+		p("")
+		p("The hot-game row's throughput phase, its median rounds, per 100 of the other games' jobs (the hot game's own jobs are in the grown round's work):")
+		p("")
+		p("| | claims | finishes | server CPU ms | client CPU ms |")
+		p("|---|---|---|---|---|")
+		for _, m := range []struct {
+			name string
+			m    Measure
+		}{{"base", g.Base}, {"grown", g.Grow}} {
+			per100 := func(x float64) string { return fmt.Sprintf("%.1f", x*100/float64(m.m.Jobs)) }
+			claims, finishes := "n/a", "n/a"
+			if m.m.Cost.Statements >= 0 {
+				claims, finishes = per100(float64(calls(m.m.Cost, "name: ClaimJobs "))), per100(float64(calls(m.m.Cost, "name: FinishJobs ")))
+			}
+			server := "n/a"
+			if m.m.Cost.ServerCPU >= 0 {
+				server = per100(m.m.Cost.ServerCPU.Seconds() * 1000)
+			}
+			p("| %s | %s | %s | %s | %s |", m.name, claims, finishes, server, per100(m.m.Cost.ClientCPU.Seconds()*1000))
+		}
+	}
+}
+
+// calls counts the calls of the statements of c whose text contains name.
+func calls(c Cost, name string) int64 {
+	var n int64
+	for _, s := range c.Top {
+		if strings.Contains(s.Query, name) {
+			n += s.Calls
+		}
+	}
+	return n
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
