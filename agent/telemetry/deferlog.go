@@ -15,21 +15,40 @@ import (
 // second it was a sizeable part of the worker's CPU. Records come out the
 // same: the attributes first, then the record's own.
 func DeferAttrs(l *slog.Logger, attrs ...slog.Attr) *slog.Logger {
-	return slog.New(&deferredHandler{h: l.Handler(), attrs: attrs})
+	return slog.New(&DeferredHandler{h: l.Handler(), src: attrList(attrs)})
 }
 
-type deferredHandler struct {
-	h     slog.Handler
-	attrs []slog.Attr
+// AttrSource gives a DeferredHandler its attributes, when a record is
+// written.
+type AttrSource interface {
+	LogAttrs() []slog.Attr
 }
 
-func (d *deferredHandler) Enabled(ctx context.Context, l slog.Level) bool {
+type attrList []slog.Attr
+
+func (a attrList) LogAttrs() []slog.Attr { return a }
+
+// DeferredHandler is the handler of DeferAttrs with its attributes asked
+// of an AttrSource, so that even they are made only when a record is
+// written. Its zero value is not usable: set it with Reset. It can live
+// inside the struct it logs about (a job's), which saves the handler's
+// and the attributes' allocations: slog.New(&x.handler) is then the only
+// one.
+type DeferredHandler struct {
+	h   slog.Handler
+	src AttrSource
+}
+
+// Reset makes d hand records to h, with src's attributes first.
+func (d *DeferredHandler) Reset(h slog.Handler, src AttrSource) { d.h, d.src = h, src }
+
+func (d *DeferredHandler) Enabled(ctx context.Context, l slog.Level) bool {
 	return d.h.Enabled(ctx, l)
 }
 
-func (d *deferredHandler) Handle(ctx context.Context, r slog.Record) error {
+func (d *DeferredHandler) Handle(ctx context.Context, r slog.Record) error {
 	nr := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
-	nr.AddAttrs(d.attrs...)
+	nr.AddAttrs(d.src.LogAttrs()...)
 	r.Attrs(func(a slog.Attr) bool {
 		nr.AddAttrs(a)
 		return true
@@ -37,20 +56,20 @@ func (d *deferredHandler) Handle(ctx context.Context, r slog.Record) error {
 	return d.h.Handle(ctx, nr)
 }
 
-func (d *deferredHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+func (d *DeferredHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 	if len(attrs) == 0 {
 		return d
 	}
-	return &deferredHandler{h: d.h, attrs: append(slices.Clip(d.attrs), attrs...)}
+	return &DeferredHandler{h: d.h, src: attrList(append(slices.Clip(d.src.LogAttrs()), attrs...))}
 }
 
-func (d *deferredHandler) WithGroup(name string) slog.Handler {
+func (d *DeferredHandler) WithGroup(name string) slog.Handler {
 	if name == "" {
 		return d
 	}
 	// A group nests what follows, not what came before: the deferred
 	// attributes go to the handler first.
-	return d.h.WithAttrs(d.attrs).WithGroup(name)
+	return d.h.WithAttrs(d.src.LogAttrs()).WithGroup(name)
 }
 
 // TraceIDAttr is a trace_id attribute whose hexadecimal form is made only

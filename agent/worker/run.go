@@ -12,7 +12,6 @@ import (
 
 	"go.opentelemetry.io/otel/codes"
 
-	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 	"github.com/galaxy/rtmanager/internal/domain/runtime"
@@ -32,8 +31,8 @@ const writeTimeout = 30 * time.Second
 // retried later, released, or dropped because its lease was lost.
 func (w *Worker) runJob(r *running) {
 	j := r.job
-	log := telemetry.DeferAttrs(w.log, slog.Int64("job_id", j.ID), slog.String("game_id", j.GameID),
-		slog.String("kind", j.Kind), slog.Int("attempt", j.Attempt), telemetry.TraceIDAttr(r.span.SpanContext().TraceID()))
+	r.logh.Reset(w.log.Handler(), r)
+	log := slog.New(&r.logh)
 	began := time.Now()
 	kind := kindAttr(j.Kind)
 	defer func() {

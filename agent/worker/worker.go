@@ -25,6 +25,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
 )
@@ -269,6 +270,18 @@ type running struct {
 	// lastFinishErr is the refused record transition of a success, for
 	// runJob (same goroutine).
 	lastFinishErr error
+	// logh is the handler of the job's logger (runJob), here to save its
+	// allocations.
+	logh telemetry.DeferredHandler
+}
+
+// LogAttrs are the attributes of the records logged about the job
+// (telemetry.AttrSource), made only when one is written: at thousands of
+// jobs a second, making them for each job was a visible share of the
+// worker's CPU, and most jobs log nothing at the usual level.
+func (r *running) LogAttrs() []slog.Attr {
+	return []slog.Attr{slog.Int64("job_id", r.job.ID), slog.String("game_id", r.job.GameID),
+		slog.String("kind", r.job.Kind), slog.Int("attempt", r.job.Attempt), telemetry.TraceIDAttr(r.span.SpanContext().TraceID())}
 }
 
 // New returns a worker; Run starts it.
