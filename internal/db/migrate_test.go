@@ -169,6 +169,26 @@ func migrationsFrom(t *testing.T, version int) int {
 	return n
 }
 
+// justBefore migrates a new database up and then down to just before
+// version, and returns its URL and a connection to it, closed at cleanup.
+func justBefore(t *testing.T, version int) (string, *pgx.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	u := pgtest.EmptyURL(t)
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, version), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return u, conn
+}
+
 func countTables(t *testing.T, u string) int {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), u)
@@ -191,18 +211,7 @@ func countTables(t *testing.T, u string) int {
 func TestMigration5KeepsTheMeaningOfAnInfiniteRunAfter(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	u := pgtest.EmptyURL(t)
-	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 5), db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	u, conn := justBefore(t, 5)
 	if _, err := conn.Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind, run_after, created_at)
 		VALUES ('h', 'past', 'stop', '-infinity', '2026-01-02 03:04:05+00'), ('h', 'never', 'stop', 'infinity', now())`); err != nil {
 		t.Fatal(err)
@@ -227,18 +236,7 @@ func TestMigration5KeepsTheMeaningOfAnInfiniteRunAfter(t *testing.T) {
 func TestMigration10MarksTheHeads(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	u := pgtest.EmptyURL(t)
-	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 10), db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	u, conn := justBefore(t, 10)
 	// Game a: a finished job, a running one, two queued; game b: two
 	// queued; game c: only a finished one.
 	if _, err := conn.Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind, status, finished_at, lease_owner, lease_expires_at) VALUES
@@ -285,18 +283,7 @@ func TestMigration10MarksTheHeads(t *testing.T) {
 func TestMigration13KeepsTheLinesGoing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	u := pgtest.EmptyURL(t)
-	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 13), db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	u, conn := justBefore(t, 13)
 	if _, err := conn.Exec(ctx, `INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'b', 'stop')`); err != nil {
 		t.Fatal(err)
 	}
@@ -348,18 +335,7 @@ func TestMigration13KeepsTheLinesGoing(t *testing.T) {
 func TestMigration14KeepsTheLinesGoing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	u := pgtest.EmptyURL(t)
-	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 14), db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	u, conn := justBefore(t, 14)
 	exec := func(q string) {
 		t.Helper()
 		if _, err := conn.Exec(ctx, q); err != nil {
@@ -416,18 +392,7 @@ func TestMigration14KeepsTheLinesGoing(t *testing.T) {
 func TestMigration15KeysTheOutboxByXidAndId(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	u := pgtest.EmptyURL(t)
-	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 15), db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	u, conn := justBefore(t, 15)
 	// Three transactions, the first one's events written last.
 	other, err := pgx.Connect(ctx, u)
 	if err != nil {
