@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 )
 
 func TestMetricsReachPrometheusAndLogsCarryTraceIDs(t *testing.T) {
@@ -46,5 +47,15 @@ func TestMetricsReachPrometheusAndLogsCarryTraceIDs(t *testing.T) {
 	}
 	if strings.Contains(lines[1], "trace_id") {
 		t.Fatalf("untraced log line has a trace id: %s", lines[1])
+	}
+	// With no exporter, nothing is recorded, but a span still has ids,
+	// and a child of the Game Master's span keeps the Game Master's trace.
+	if span.IsRecording() || !span.SpanContext().IsValid() {
+		t.Fatalf("with no exporter: recording %v, span context valid %v; want false, true", span.IsRecording(), span.SpanContext().IsValid())
+	}
+	parent := otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+	_, child := otel.Tracer("test").Start(parent, "job")
+	if child.IsRecording() || child.SpanContext().TraceID().String() != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("child of a sampled remote parent: recording %v, trace %s", child.IsRecording(), child.SpanContext().TraceID())
 	}
 }
