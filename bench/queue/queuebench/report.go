@@ -148,7 +148,7 @@ func (r *Report) Markdown(w io.Writer) {
 	p("")
 	p("- River %s as `river bench` runs it: MaxWorkers %s, FetchCooldown %s, FetchPollInterval %s; a worker that returns nil; pool: %s.",
 		RiverVersion(), count(o.RiverMaxWorkers), o.RiverFetchCooldown, o.RiverFetchPollInterval, r.riverPool())
-	p("- ours: agent/worker as the agent runs it (LISTEN, batch finish) with `worker.Noop`, concurrency %d, prefetch %d, one host; pool: %s.", o.Concurrency, o.Prefetch, r.oursPool())
+	p("- ours: agent/worker as the agent runs it (LISTEN, batch finish, the agent's tracer and meter providers as `rtmanager run` sets them up, here with no exporter) with `worker.Noop`, concurrency %d, prefetch %d, one host; pool: %s.", o.Concurrency, o.Prefetch, r.oursPool())
 	if o.OursSQL != "" {
 		p("- **ours runs a schema variant, not the shipped schema:** %s was run on our database after its migrations.", o.OursSQLName)
 	}

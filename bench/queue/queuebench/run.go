@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 
+	"github.com/galaxy/rtmanager/agent/telemetry"
 	"github.com/galaxy/rtmanager/internal/db"
 )
 
@@ -35,6 +36,13 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	began := time.Now()
 	rep := &Report{Options: opts, Connection: connectionKind(opts.AdminURL)}
+	// Our worker's tracer and meters as `rtmanager run` sets them up with
+	// no exporter configured (River's side does not use them).
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceVersion: "queuebench", HostID: benchHost})
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	defer func() { _ = tel.Shutdown(context.WithoutCancel(ctx)) }()
 	admin, err := pgx.Connect(ctx, opts.AdminURL)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", db.Redact(opts.AdminURL), err)
