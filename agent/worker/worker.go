@@ -400,16 +400,23 @@ func (w *Worker) Run(ctx context.Context) error {
 // claim as a whole.
 func (w *Worker) start(jobs []db.Job, reserved int, sent, claimed time.Time) {
 	rs := make([]*running, len(jobs))
+	var perKind map[string]int64
 	for i, j := range jobs {
 		w.claimed.Add(1)
 		kind := kindAttr(j.Kind)
-		w.metrics.claimed(kind)
+		if perKind == nil {
+			perKind = make(map[string]int64, 2)
+		}
+		perKind[kind]++
 		if j.StartedAt != nil {
 			w.metrics.pickup(kind, j.StartedAt.Sub(j.RunAfter))
 		}
 		spanCtx, span := w.jobSpan(j, sent, claimed)
 		ctx, cancel := context.WithCancelCause(spanCtx)
 		rs[i] = &running{job: j, ctx: ctx, cancel: cancel, span: span, leaseUntil: sent.Add(w.cfg.LeaseDuration)}
+	}
+	for kind, n := range perKind {
+		w.metrics.claimed(kind, n)
 	}
 	w.mu.Lock()
 	// The claim's reservation becomes its jobs in one step, so that no
