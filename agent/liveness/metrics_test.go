@@ -5,14 +5,12 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-
 	"github.com/galaxy/rtmanager/agent/liveness"
 	"github.com/galaxy/rtmanager/internal/db"
 	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/testutil/metrictest"
 	"github.com/galaxy/rtmanager/internal/testutil/pgtest"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // TestFleetMetrics: a host whose agent is gone shows its queued jobs as
@@ -33,37 +31,20 @@ func TestFleetMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	reader := sdkmetric.NewManualReader()
-	prev := otel.GetMeterProvider()
-	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
-	t.Cleanup(func() { otel.SetMeterProvider(prev) })
+	reader := metrictest.Install(t)
 	unregister, err := liveness.RegisterFleetMetrics(s, func() bool { return true }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = unregister() }()
 
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			g, ok := m.Data.(metricdata.Gauge[int64])
-			if !ok {
-				continue
-			}
-			for _, p := range g.DataPoints {
-				key := m.Name
-				if h, ok := p.Attributes.Value("host_id"); ok {
-					live, _ := p.Attributes.Value("live")
-					key += "/" + h.AsString() + "/" + live.String()
-				}
-				got[key] = p.Value
-			}
+	got := metrictest.Int64Points(t, reader, func(name string, attrs attribute.Set) string {
+		if h, ok := attrs.Value("host_id"); ok {
+			live, _ := attrs.Value("live")
+			return name + "/" + h.AsString() + "/" + live.String()
 		}
-	}
+		return name
+	})
 	want := map[string]int64{
 		"rtmanager.fleet.queue_depth/host-live/true":  1,
 		"rtmanager.fleet.queue_depth/host-dead/false": 1,

@@ -1,24 +1,20 @@
 package worker_test
 
 import (
-	"context"
 	"testing"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/testutil/metrictest"
 )
 
 // TestMetricsCountJobsByKind: the claims are counted once per kind and
 // claim, yet add up to the jobs of each kind, and every outcome is
 // counted. Not parallel: the meter provider is the process's.
 func TestMetricsCountJobsByKind(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
+	reader := metrictest.Install(t)
 	s := newStore(t)
 	var ids []int64
 	for i, kind := range []string{"stop", "remove", "stop", "stop", "remove"} {
@@ -31,24 +27,11 @@ func TestMetricsCountJobsByKind(t *testing.T) {
 	}
 	stop()
 
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	sums := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			data, ok := m.Data.(metricdata.Sum[int64])
-			if !ok {
-				continue
-			}
-			for _, dp := range data.DataPoints {
-				kind, _ := dp.Attributes.Value(attribute.Key("kind"))
-				outcome, _ := dp.Attributes.Value(attribute.Key("outcome"))
-				sums[m.Name+" "+kind.AsString()+" "+outcome.AsString()] += dp.Value
-			}
-		}
-	}
+	sums := metrictest.Int64Points(t, reader, func(name string, attrs attribute.Set) string {
+		kind, _ := attrs.Value("kind")
+		outcome, _ := attrs.Value("outcome")
+		return name + " " + kind.AsString() + " " + outcome.AsString()
+	})
 	want := map[string]int64{
 		"rtmanager.worker.jobs.claimed stop ":            3,
 		"rtmanager.worker.jobs.claimed remove ":          2,
