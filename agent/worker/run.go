@@ -145,7 +145,7 @@ func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempt
 	r.finishing.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	ctx, span := commitSpan(ctx, r, "retry")
+	ctx, span := w.commitSpan(ctx, r, "retry")
 	_, rerr := w.store.RetryJob(ctx, j, w.cfg.Owner, delay, msg)
 	endSpan(span, rerr)
 	if rerr != nil {
@@ -165,7 +165,7 @@ func (w *Worker) failOrRetry(r *running, log *slog.Logger, err error, maxAttempt
 func (w *Worker) finish(r *running, log *slog.Logger, o db.Outcome, after func(context.Context) error) bool {
 	j := r.job
 	r.finishing.Store(true)
-	ctx, span := commitSpan(context.Background(), r, string(o.Status))
+	ctx, span := w.commitSpan(context.Background(), r, string(o.Status))
 	var err error
 	if o.Record == nil && o.Check == nil && !w.unbatched {
 		// Most outcomes: batched with those of other jobs (the batch's

@@ -217,6 +217,7 @@ type Worker struct {
 	cfgErr  error
 	log     *slog.Logger
 	metrics *metrics
+	tracer  trace.Tracer
 
 	wake chan struct{}
 	// arrived asks for a side claim (see claimArrivals); claimBusy is set
@@ -291,6 +292,7 @@ func New(store *db.Store, exec Executor, cfg Config) *Worker {
 		store: store, exec: exec, cfg: cfg, cfgErr: err,
 		log:      cfg.Logger,
 		metrics:  newMetrics(),
+		tracer:   newTracer(),
 		wake:     make(chan struct{}, 1),
 		arrived:  make(chan struct{}, 1),
 		renewNow: make(chan struct{}, 1),
