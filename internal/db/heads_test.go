@@ -396,3 +396,73 @@ func TestHeadsFollowEveryPath(t *testing.T) {
 	}
 	checkHeads(t, s, host)
 }
+
+// TestJobsMadeUnfinishedAgainHeadTheirLine: a job that was not its game's
+// head and becomes queued or running again (reopened by hand after it
+// ended, or set running by hand) is marked the head, so that it is claimed
+// or promoted from (migration 000016 made this an AFTER trigger). The mark may be spurious (an earlier
+// job of the game is still unfinished); the claim's guard keeps the order.
+// A job changed without a change of status keeps its mark.
+func TestJobsMadeUnfinishedAgainHeadTheirLine(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	pool := s.Pool()
+	ctx := context.Background()
+	const host = "host-reopened"
+	var ids []int64
+	rows, err := pool.Query(ctx, `INSERT INTO jobs (host_id, game_id, kind) SELECT $1, 'reopen', 'stop' FROM generate_series(1, 4) RETURNING id`, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil || len(ids) != 4 {
+		t.Fatalf("insert: %v, %v", ids, err)
+	}
+	head := func(id int64) bool {
+		t.Helper()
+		var h bool
+		if err := pool.QueryRow(ctx, `SELECT is_head FROM jobs WHERE id = $1`, id).Scan(&h); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if !head(ids[0]) || head(ids[1]) || head(ids[2]) || head(ids[3]) {
+		t.Fatalf("after the insert only job %d should head the line", ids[0])
+	}
+
+	// The second job is cancelled while it waits, and reopened.
+	if _, err := s.CancelJob(ctx, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE jobs SET status = 'queued', finished_at = NULL WHERE id = $1`, ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if !head(ids[1]) {
+		t.Errorf("job %d, reopened, is not marked the head", ids[1])
+	}
+	// The third is set running by hand.
+	if _, err := pool.Exec(ctx, `UPDATE jobs SET status = 'running', lease_owner = 'hand', lease_expires_at = now() + interval '1 hour', attempt = 1 WHERE id = $1`, ids[2]); err != nil {
+		t.Fatal(err)
+	}
+	if !head(ids[2]) {
+		t.Errorf("job %d, set running, is not marked the head", ids[2])
+	}
+	// The fourth is changed without a change of status: still waiting.
+	if _, err := pool.Exec(ctx, `UPDATE jobs SET status = 'queued', payload = '{"x": 1}' WHERE id = $1`, ids[3]); err != nil {
+		t.Fatal(err)
+	}
+	if head(ids[3]) {
+		t.Errorf("job %d, updated without a change of status, became the head", ids[3])
+	}
+	// The claim takes the first head only: the guard keeps the order.
+	claimed, err := s.ClaimJobs(ctx, host, "o1", 10, time.Minute)
+	if err != nil || len(claimed) != 1 || claimed[0].ID != ids[0] {
+		t.Fatalf("claim: %+v, %v (want only job %d)", claimed, err, ids[0])
+	}
+}

@@ -2,6 +2,7 @@ package db_test
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
 	"net/url"
 	"strconv"
@@ -461,5 +462,61 @@ SELECT id, xid, 'e', 'h', 'x', '{}' FROM outbox WHERE game_id = 'a'`)
 	}
 	if got := order(); got != want {
 		t.Fatalf("events after the way back: %q, want %q", got, want)
+	}
+}
+
+// TestMigration16KeepsTheLinesGoing: a job waiting behind a running one
+// when migration 16 runs is found through the new index of waiting jobs
+// and promoted when the running one ends; a reopened job is marked the
+// head by the trigger in either direction, and the way back promotes as
+// before.
+func TestMigration16KeepsTheLinesGoing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u, conn := justBefore(t, 16)
+	exec := func(q string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	queuedHeads := func() string {
+		t.Helper()
+		var heads string
+		if err := conn.QueryRow(ctx, `SELECT coalesce(string_agg(game_id || ':' || id, ' ' ORDER BY id), '') FROM jobs WHERE is_head AND status = 'queued'`).Scan(&heads); err != nil {
+			t.Fatal(err)
+		}
+		return heads
+	}
+	run := `UPDATE jobs SET status = 'running', lease_owner = 'o', lease_expires_at = now() + interval '1 minute' WHERE id = (SELECT min(id) FROM jobs WHERE game_id = 'a' AND status = 'queued')`
+	finish := `UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE game_id = 'a' AND status = 'running'`
+	exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'b', 'stop')`)
+	exec(run)
+	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	exec(finish)
+	if got := queuedHeads(); got != "a:2 b:4" {
+		t.Fatalf("queued heads after a's finish: %q, want \"a:2 b:4\"", got)
+	}
+	reopen := func(id int) {
+		t.Helper()
+		exec(fmt.Sprintf(`UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = %d`, id))
+		exec(fmt.Sprintf(`UPDATE jobs SET status = 'queued', finished_at = NULL WHERE id = %d`, id))
+	}
+	reopen(3)
+	if got := queuedHeads(); got != "a:2 a:3 b:4" {
+		t.Fatalf("queued heads after job 3 was reopened: %q, want \"a:2 a:3 b:4\"", got)
+	}
+	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 16), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	exec(`UPDATE jobs SET is_head = false WHERE id = 3`)
+	exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop')`)
+	reopen(5)
+	exec(run)
+	exec(finish)
+	if got := queuedHeads(); got != "a:3 b:4 a:5" {
+		t.Fatalf("queued heads after the way back: %q, want \"a:3 b:4 a:5\"", got)
 	}
 }
