@@ -110,9 +110,11 @@ func BenchmarkClaimFinish(b *testing.B) {
 }
 
 // BenchmarkClaimFinishBatch is BenchmarkClaimFinish with the batch finish:
-// claim up to batch due jobs, finish them all in one FinishJobs.
+// claim up to batch due jobs, finish them all in one FinishJobs. The jobs
+// are of 100 games, in lines, so each finish promotes the next job of each
+// game it ends (at batch=100, every game's head at once).
 func BenchmarkClaimFinishBatch(b *testing.B) {
-	for _, batch := range []int{1, 8, 32} {
+	for _, batch := range []int{1, 8, 32, 100} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
 			s := db.NewStore(pgtest.Pool(b), nil)
 			ctx := context.Background()
