@@ -190,6 +190,36 @@ func justBefore(t *testing.T, version int) (string, *pgx.Conn) {
 	return u, conn
 }
 
+// byHand drives jobs with plain SQL in the migration tests of the head
+// marker, as a writer other than the agent would.
+type byHand struct {
+	t    *testing.T
+	conn *pgx.Conn
+}
+
+const (
+	// runA starts game a's lowest queued job; finishA ends its running one.
+	runA    = `UPDATE jobs SET status = 'running', lease_owner = 'o', lease_expires_at = now() + interval '1 minute' WHERE id = (SELECT min(id) FROM jobs WHERE game_id = 'a' AND status = 'queued')`
+	finishA = `UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE game_id = 'a' AND status = 'running'`
+)
+
+func (h byHand) exec(q string) {
+	h.t.Helper()
+	if _, err := h.conn.Exec(context.Background(), q); err != nil {
+		h.t.Fatalf("%s: %v", q, err)
+	}
+}
+
+// queuedHeads lists the queued heads as game:id, in id order.
+func (h byHand) queuedHeads() string {
+	h.t.Helper()
+	var heads string
+	if err := h.conn.QueryRow(context.Background(), `SELECT coalesce(string_agg(game_id || ':' || id, ' ' ORDER BY id), '') FROM jobs WHERE is_head AND status = 'queued'`).Scan(&heads); err != nil {
+		h.t.Fatal(err)
+	}
+	return heads
+}
+
 func countTables(t *testing.T, u string) int {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), u)
@@ -337,24 +367,9 @@ func TestMigration14KeepsTheLinesGoing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	u, conn := justBefore(t, 14)
-	exec := func(q string) {
-		t.Helper()
-		if _, err := conn.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	queuedHeads := func() string {
-		t.Helper()
-		var heads string
-		if err := conn.QueryRow(ctx, `SELECT coalesce(string_agg(game_id || ':' || id, ' ' ORDER BY id), '') FROM jobs WHERE is_head AND status = 'queued'`).Scan(&heads); err != nil {
-			t.Fatal(err)
-		}
-		return heads
-	}
-	run := `UPDATE jobs SET status = 'running', lease_owner = 'o', lease_expires_at = now() + interval '1 minute' WHERE id = (SELECT min(id) FROM jobs WHERE game_id = 'a' AND status = 'queued')`
-	finish := `UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE game_id = 'a' AND status = 'running'`
-	exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'b', 'stop')`)
-	exec(run)
+	h := byHand{t, conn}
+	h.exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'b', 'stop')`)
+	h.exec(runA)
 	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -364,12 +379,12 @@ func TestMigration14KeepsTheLinesGoing(t *testing.T) {
 	}
 	// Behind the running job, committed by another transaction: the
 	// insert takes the game's lock and says "not the head".
-	exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop')`)
-	if got := queuedHeads(); got != "b:3" {
+	h.exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop')`)
+	if got := h.queuedHeads(); got != "b:3" {
 		t.Fatalf("queued heads with a running: %q, want \"b:3\"", got)
 	}
-	exec(finish)
-	if got := queuedHeads(); got != "a:2 b:3" {
+	h.exec(finishA)
+	if got := h.queuedHeads(); got != "a:2 b:3" {
 		t.Fatalf("queued heads after a's finish: %q, want \"a:2 b:3\"", got)
 	}
 	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 14), db.MigrateOptions{}); err != nil {
@@ -379,9 +394,9 @@ func TestMigration14KeepsTheLinesGoing(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM job_line_locks`).Scan(&buckets); err != nil || buckets != 65536 {
 		t.Fatalf("after the way back: %d buckets (%v)", buckets, err)
 	}
-	exec(run)
-	exec(finish)
-	if got := queuedHeads(); got != "b:3 a:4" {
+	h.exec(runA)
+	h.exec(finishA)
+	if got := h.queuedHeads(); got != "b:3 a:4" {
 		t.Fatalf("queued heads after the way back and a's second finish: %q, want \"b:3 a:4\"", got)
 	}
 }
@@ -474,49 +489,34 @@ func TestMigration16KeepsTheLinesGoing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	u, conn := justBefore(t, 16)
-	exec := func(q string) {
-		t.Helper()
-		if _, err := conn.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	queuedHeads := func() string {
-		t.Helper()
-		var heads string
-		if err := conn.QueryRow(ctx, `SELECT coalesce(string_agg(game_id || ':' || id, ' ' ORDER BY id), '') FROM jobs WHERE is_head AND status = 'queued'`).Scan(&heads); err != nil {
-			t.Fatal(err)
-		}
-		return heads
-	}
-	run := `UPDATE jobs SET status = 'running', lease_owner = 'o', lease_expires_at = now() + interval '1 minute' WHERE id = (SELECT min(id) FROM jobs WHERE game_id = 'a' AND status = 'queued')`
-	finish := `UPDATE jobs SET status = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE game_id = 'a' AND status = 'running'`
-	exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'b', 'stop')`)
-	exec(run)
+	h := byHand{t, conn}
+	h.exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'a', 'stop'), ('h', 'b', 'stop')`)
+	h.exec(runA)
 	if err := db.MigrateUp(ctx, u, db.MigrateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	exec(finish)
-	if got := queuedHeads(); got != "a:2 b:4" {
+	h.exec(finishA)
+	if got := h.queuedHeads(); got != "a:2 b:4" {
 		t.Fatalf("queued heads after a's finish: %q, want \"a:2 b:4\"", got)
 	}
 	reopen := func(id int) {
 		t.Helper()
-		exec(fmt.Sprintf(`UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = %d`, id))
-		exec(fmt.Sprintf(`UPDATE jobs SET status = 'queued', finished_at = NULL WHERE id = %d`, id))
+		h.exec(fmt.Sprintf(`UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = %d`, id))
+		h.exec(fmt.Sprintf(`UPDATE jobs SET status = 'queued', finished_at = NULL WHERE id = %d`, id))
 	}
 	reopen(3)
-	if got := queuedHeads(); got != "a:2 a:3 b:4" {
+	if got := h.queuedHeads(); got != "a:2 a:3 b:4" {
 		t.Fatalf("queued heads after job 3 was reopened: %q, want \"a:2 a:3 b:4\"", got)
 	}
 	if err := db.MigrateDown(ctx, u, migrationsFrom(t, 16), db.MigrateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	exec(`UPDATE jobs SET is_head = false WHERE id = 3`)
-	exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop')`)
+	h.exec(`UPDATE jobs SET is_head = false WHERE id = 3`)
+	h.exec(`INSERT INTO jobs (host_id, game_id, kind) VALUES ('h', 'a', 'stop')`)
 	reopen(5)
-	exec(run)
-	exec(finish)
-	if got := queuedHeads(); got != "a:3 b:4 a:5" {
+	h.exec(runA)
+	h.exec(finishA)
+	if got := h.queuedHeads(); got != "a:3 b:4 a:5" {
 		t.Fatalf("queued heads after the way back: %q, want \"a:3 b:4 a:5\"", got)
 	}
 }
