@@ -6,12 +6,16 @@ package worker_test
 
 import (
 	"context"
+	"log/slog"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/galaxy/rtmanager/agent/worker"
 	"github.com/galaxy/rtmanager/internal/domain/job"
+	"github.com/galaxy/rtmanager/internal/testutil/syncbuf"
 	"github.com/galaxy/rtmanager/internal/testutil/wait"
 )
 
@@ -95,6 +99,53 @@ func TestRestartedAgentRequeuesExpiredLease(t *testing.T) {
 	}
 	w := worker.New(s, worker.Noop, testConfig("owner-1"))
 	startWorker(t, w)
+	j := waitStatus(t, s, id, job.StatusSucceeded)
+	if j.Attempt != 2 || w.Stats().Requeued != 1 {
+		t.Fatalf("job %+v, stats %+v", j, w.Stats())
+	}
+}
+
+// TestFailedRescueIsRetriedSoon: when the rescue at the worker's start
+// fails (the database just came back and the connection was terminated),
+// it is tried again within a renewal interval or two, not at the next
+// RescueInterval (here an hour), so that jobs left running under expired
+// leases run again. A statement trigger refuses every UPDATE of jobs,
+// the rescue's included, until the test lifts it.
+func TestFailedRescueIsRetriedSoon(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	for _, q := range []string{
+		`UPDATE jobs SET status = 'running', attempt = 1, lease_owner = 'dead', lease_expires_at = now() - interval '1 second', started_at = now() WHERE id = ` + strconv.FormatInt(id, 10),
+		`CREATE TABLE refuse_updates (on_ boolean)`,
+		`INSERT INTO refuse_updates VALUES (true)`,
+		`CREATE FUNCTION refuse_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM refuse_updates) THEN
+        RAISE EXCEPTION 'the test refuses updates of jobs';
+    END IF;
+    RETURN NULL;
+END;
+$$`,
+		`CREATE TRIGGER refuse_update BEFORE UPDATE ON jobs FOR EACH STATEMENT EXECUTE FUNCTION refuse_update()`,
+	} {
+		if _, err := s.Pool().Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	var logs syncbuf.Buffer
+	cfg := testConfig("owner-1")
+	cfg.RescueInterval = time.Hour
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	w := worker.New(s, worker.Noop, cfg)
+	startWorker(t, w)
+	wait.For(t, 10*time.Second, "the first rescue to fail", func() bool {
+		return strings.Contains(logs.String(), "requeueing expired leases failed")
+	})
+	if _, err := s.Pool().Exec(ctx, `DELETE FROM refuse_updates`); err != nil {
+		t.Fatal(err)
+	}
 	j := waitStatus(t, s, id, job.StatusSucceeded)
 	if j.Attempt != 2 || w.Stats().Requeued != 1 {
 		t.Fatalf("job %+v, stats %+v", j, w.Stats())

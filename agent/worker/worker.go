@@ -360,7 +360,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	sideWG.Add(1)
 	go func() { defer sideWG.Done(); w.claimArrivals(ctx) }()
 
-	w.rescue(ctx)
+	w.rescueOrRetry(ctx)
 	poll := time.NewTicker(cfg.PollInterval)
 	defer poll.Stop()
 	rescue := time.NewTicker(cfg.RescueInterval)
@@ -382,7 +382,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-poll.C:
 		case <-due.C:
 		case <-rescue.C:
-			w.rescue(ctx)
+			w.rescueOrRetry(ctx)
 		}
 	}
 
@@ -462,6 +462,20 @@ func (w *Worker) rescue(ctx context.Context) bool {
 	return true
 }
 
+// rescueOrRetry runs the rescue and, when it fails, asks for it again
+// at once (rescueIfDue then tries every LeaseRenewInterval until it
+// succeeds). Waiting for the next RescueInterval instead left the jobs of
+// an agent that lost its database running under expired leases for that
+// long: the rescue at the worker's start is the one that meets a database
+// just back, and a connection terminated then failed it.
+func (w *Worker) rescueOrRetry(ctx context.Context) {
+	if w.rescue(ctx) || ctx.Err() != nil {
+		return
+	}
+	w.rescueBy(time.Now())
+	time.AfterFunc(w.cfg.LeaseRenewInterval, w.signal)
+}
+
 // rescueSoon asks for a rescue once the lease of a job this worker gave
 // up on has expired: a job whose outcome could not be written (the
 // database was away, the connection was terminated) or whose lease could
@@ -471,16 +485,24 @@ func (w *Worker) rescue(ctx context.Context) bool {
 // between the agent and the database.
 func (w *Worker) rescueSoon() {
 	due := time.Now().Add(2 * w.cfg.LeaseDuration)
+	if w.rescueBy(due) {
+		time.AfterFunc(time.Until(due), w.signal)
+	}
+}
+
+// rescueBy asks for a rescue at due unless one is asked for at or after
+// it already (a later time covers every lease an earlier one would), and
+// reports whether it changed the request.
+func (w *Worker) rescueBy(due time.Time) bool {
 	for {
 		cur := w.rescueDue.Load()
 		if cur >= due.UnixNano() {
-			return
+			return false
 		}
 		if w.rescueDue.CompareAndSwap(cur, due.UnixNano()) {
-			break
+			return true
 		}
 	}
-	time.AfterFunc(time.Until(due), w.signal)
 }
 
 // rescueIfDue runs the rescue rescueSoon asked for once it is due, and
