@@ -463,8 +463,8 @@ func (w *Worker) rescue(ctx context.Context) bool {
 }
 
 // rescueOrRetry runs the rescue and, when it fails, asks for it again
-// at once (rescueIfDue then tries every LeaseRenewInterval until it
-// succeeds). Waiting for the next RescueInterval instead left the jobs of
+// at once, or keeps a rescue already asked for (rescueIfDue then tries
+// every LeaseRenewInterval until it succeeds). Waiting for the next RescueInterval instead left the jobs of
 // an agent that lost its database running under expired leases for that
 // long: the rescue at the worker's start is the one that meets a database
 // just back, and a connection terminated then failed it.
