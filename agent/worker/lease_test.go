@@ -152,6 +152,29 @@ $$`,
 	}
 }
 
+// A term of the host lease that ends right after an outcome write failed
+// leaves the job under a lease of this agent that outlives the term. The
+// next term's worker rescues at its start, before that lease expires; it
+// must rescue again once the lease has run out, not at the next periodic
+// rescue (TestPostgresRestart found the job running two minutes later).
+func TestLeaseLeftByAnEarlierTermIsRescuedWhenItExpires(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	id := insert(t, s, "g1", "stop", `{}`, 0)
+	if _, err := s.Pool().Exec(context.Background(),
+		`UPDATE jobs SET status = 'running', attempt = 1, lease_owner = 'owner-1', lease_expires_at = now() + interval '1 second', started_at = now() WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig("owner-1")
+	cfg.RescueInterval = time.Hour
+	w := worker.New(s, worker.Noop, cfg)
+	startWorker(t, w)
+	j := waitStatus(t, s, id, job.StatusSucceeded)
+	if j.Attempt != 2 || w.Stats().Requeued != 1 {
+		t.Fatalf("job %+v, stats %+v", j, w.Stats())
+	}
+}
+
 func TestJobThatKillsItsAgentFailsAfterMaxAttempts(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)

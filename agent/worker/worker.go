@@ -255,6 +255,9 @@ type Worker struct {
 	// rescueDue (Unix nanoseconds, 0: none) asks the claim loop for an
 	// early rescue: see rescueSoon.
 	rescueDue atomic.Int64
+	// rescueFailed says the last rescue could not run; rescueIfDue tries
+	// it again. Only the claim loop's goroutine uses it.
+	rescueFailed bool
 }
 
 // running is one job in flight.
@@ -361,6 +364,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer sideWG.Done(); w.claimArrivals(ctx) }()
 
 	w.rescueOrRetry(ctx)
+	// An earlier term of this agent may have left jobs whose outcome it
+	// could not write under leases that outlive the term (the agent id
+	// stays; the worker does not), and a previous agent's may outlive its
+	// host lease: the rescue just run found them unexpired.
+	w.rescueSoon()
 	poll := time.NewTicker(cfg.PollInterval)
 	defer poll.Stop()
 	rescue := time.NewTicker(cfg.RescueInterval)
@@ -462,17 +470,18 @@ func (w *Worker) rescue(ctx context.Context) bool {
 	return true
 }
 
-// rescueOrRetry runs the rescue and, when it fails, asks for it again
-// at once, or keeps a rescue already asked for (rescueIfDue then tries
-// every LeaseRenewInterval until it succeeds). Waiting for the next RescueInterval instead left the jobs of
-// an agent that lost its database running under expired leases for that
-// long: the rescue at the worker's start is the one that meets a database
-// just back, and a connection terminated then failed it.
+// rescueOrRetry runs the rescue and, when it fails, has rescueIfDue try
+// it again every LeaseRenewInterval until it succeeds. Waiting for the
+// next RescueInterval instead left the jobs of an agent that lost its
+// database running under expired leases for that long: the rescue at the
+// worker's start is the one that meets a database just back, and a
+// connection terminated then failed it.
 func (w *Worker) rescueOrRetry(ctx context.Context) {
 	if w.rescue(ctx) || ctx.Err() != nil {
+		w.rescueFailed = false
 		return
 	}
-	w.rescueBy(time.Now())
+	w.rescueFailed = true
 	time.AfterFunc(w.cfg.LeaseRenewInterval, w.signal)
 }
 
@@ -484,39 +493,33 @@ func (w *Worker) rescueOrRetry(ctx context.Context) {
 // LeaseDuration from now; one more LeaseDuration allows for clock skew
 // between the agent and the database.
 func (w *Worker) rescueSoon() {
-	due := time.Now().Add(2 * w.cfg.LeaseDuration)
-	if w.rescueBy(due) {
-		time.AfterFunc(time.Until(due), w.signal)
-	}
-}
-
-// rescueBy asks for a rescue at due unless one is asked for at or after
-// it already (a later time covers every lease an earlier one would), and
-// reports whether it changed the request.
-func (w *Worker) rescueBy(due time.Time) bool {
+	due := time.Now().Add(2 * w.cfg.LeaseDuration).UnixNano()
+	// A later time covers every lease an earlier one would.
 	for {
 		cur := w.rescueDue.Load()
-		if cur >= due.UnixNano() {
-			return false
+		if cur >= due {
+			return
 		}
-		if w.rescueDue.CompareAndSwap(cur, due.UnixNano()) {
-			return true
+		if w.rescueDue.CompareAndSwap(cur, due) {
+			time.AfterFunc(time.Until(time.Unix(0, due)), w.signal)
+			return
 		}
 	}
 }
 
-// rescueIfDue runs the rescue rescueSoon asked for once it is due, and
-// tries again a little later while the database cannot be reached.
+// rescueIfDue runs the rescue rescueSoon asked for once it is due, or the
+// one that failed last, and tries again a little later while the database
+// cannot be reached.
 func (w *Worker) rescueIfDue(ctx context.Context) {
 	due := w.rescueDue.Load()
-	if due == 0 || time.Now().UnixNano() < due {
+	isDue := due != 0 && time.Now().UnixNano() >= due
+	if !isDue && !w.rescueFailed {
 		return
 	}
-	if w.rescue(ctx) {
+	w.rescueOrRetry(ctx)
+	if isDue && !w.rescueFailed {
 		w.rescueDue.CompareAndSwap(due, 0)
-		return
 	}
-	time.AfterFunc(w.cfg.LeaseRenewInterval, w.signal)
 }
 
 // drain gives the buffered jobs back to the queue, waits for running
