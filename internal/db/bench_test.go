@@ -323,3 +323,51 @@ SELECT 'h', 'g' || (i % $1), 'stop' FROM generate_series(1, 50000) i`, games); e
 		}
 	}
 }
+
+// BenchmarkHotGameChain runs one game's jobs one after the other (claim
+// one, finish it), its queue kept at depth jobs by an insert of 20 for
+// every 20 run: what a hot game's own rate costs with a short queue and a
+// long one, as its finished jobs pile up. The game's queue is the whole
+// table when its statistics are taken (the queue bench's hot-game row
+// has half): the generic plans of the head marker's probes then read the
+// game's history unless their form keeps them on the row comparison
+// (migration 000017).
+func BenchmarkHotGameChain(b *testing.B) {
+	for _, depth := range []int{100, 10_000} {
+		b.Run(fmt.Sprintf("depth=%d", depth), func(b *testing.B) {
+			s := db.NewStore(pgtest.Pool(b), nil)
+			ctx := context.Background()
+			insert := func(n int) {
+				if _, err := s.Pool().Exec(ctx,
+					`INSERT INTO jobs (host_id, game_id, kind) SELECT 'host-a', 'hot', 'stop' FROM generate_series(1, $1) i`, n); err != nil {
+					b.Fatal(err)
+				}
+			}
+			insert(depth)
+			if _, err := s.Pool().Exec(ctx, "VACUUM ANALYZE jobs"); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			var claimT, finishT time.Duration
+			for i := range b.N {
+				t0 := time.Now()
+				jobs, err := s.ClaimJobs(ctx, "host-a", "agent-1", 1, time.Minute)
+				if err != nil || len(jobs) != 1 {
+					b.Fatalf("claim %d: %d jobs, %v", i, len(jobs), err)
+				}
+				t1 := time.Now()
+				if got, err := s.FinishJobs(ctx, "agent-1", []db.Finish{{Job: jobs[0], Outcome: db.Outcome{Status: job.StatusSucceeded}}}); err != nil || len(got) != 1 {
+					b.Fatalf("finish %d: %v", i, err)
+				}
+				claimT += t1.Sub(t0)
+				finishT += time.Since(t1)
+				if i%20 == 19 {
+					insert(20)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+			b.ReportMetric(float64(claimT.Microseconds())/float64(b.N), "claim_us/job")
+			b.ReportMetric(float64(finishT.Microseconds())/float64(b.N), "finish_us/job")
+		})
+	}
+}
