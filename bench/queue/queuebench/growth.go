@@ -71,51 +71,78 @@ func (h *harness) growth(ctx context.Context, rep *Report) error {
 // one game "hot" || 0.
 const hotGameID = "hot0"
 
+// hotMode is what a round of the hot-game row puts ahead of the others.
+type hotMode int
+
+const (
+	hotNone   hotMode = iota // the others alone: the base
+	hotQueued                // the hot game with HotJobs queued: grown
+	// hotShort is the hot game doing the same work from a short queue
+	// (between hotShortLow and hotShortLow + hotTopUp jobs queued).
+	// Against it, the grown round shows what the hot game's backlog costs
+	// the others, apart from what its work (one job at a time, beside
+	// theirs on the same cores) does.
+	hotShort
+)
+
+// Both rounds with a hot game insert hotTopUp of its jobs for every
+// hotTopUp it runs, as a Game Master feeding it would: the short queue
+// stays short and the long one long, at the same cost.
+const hotShortLow, hotTopUp = 100, 20
+
 // hotGame puts one game with HotJobs queued jobs ahead of OtherGames games
 // with OtherJobsPerGame jobs each, and measures the other games: their
 // throughput working down their backlog, then their pickup latency for
 // PickupJobs jobs inserted at OtherRate while the hot game's jobs are
-// still queued.
-// The base is the same without the hot game. The row is short (the
-// others' backlog takes about a second), so one round of each is at the
-// mercy of the machine: it runs Rounds rounds of each, alternating base
-// and grown, and reports the medians.
+// still queued. The hot game's queue is topped up as it runs (hotTopUp).
+// The base is the same without the hot game, and the short rounds the
+// same with the hot game's queue kept short (hotShort). The row is short
+// (the others' backlog takes about a second), so one round of each is at
+// the mercy of the machine: it runs Rounds rounds of each, alternating,
+// and reports the medians.
 func (h *harness) hotGame(ctx context.Context) (GrowthRow, error) {
 	o := h.opts
 	others := o.OtherGames * o.OtherJobsPerGame
 	row := GrowthRow{Name: "hot", Side: h.ours.name(),
 		BaseLabel: fmt.Sprintf("%d games × %d jobs", o.OtherGames, o.OtherJobsPerGame),
 		GrowLabel: fmt.Sprintf("the same behind one game with %s queued jobs", count(o.HotJobs))}
-	var bases, grows []Measure
-	var pickBase, pickGrow [2][]float64
+	var rounds [3][]hotResult
 	for round := range o.Rounds {
-		for _, hot := range []bool{false, true} {
-			h.progress("growth: ours, %d other games' jobs, hot game %v, round %d", others, hot, round+1)
-			m, ex, lat, left, err := h.hotRound(ctx, hot, others)
+		for _, mode := range []hotMode{hotNone, hotQueued, hotShort} {
+			h.progress("growth: ours, %d other games' jobs, hot game %s, round %d", others, mode, round+1)
+			res, err := h.hotRound(ctx, mode, others)
 			if err != nil {
 				return row, err
 			}
-			if hot {
-				grows = append(grows, m)
-				pickGrow[0], pickGrow[1] = append(pickGrow[0], lat[0].Seconds()), append(pickGrow[1], lat[1].Seconds())
-				if round == 0 {
-					row.ClaimGrow, row.HotLeft = ex, left
-				}
-			} else {
-				bases = append(bases, m)
-				pickBase[0], pickBase[1] = append(pickBase[0], lat[0].Seconds()), append(pickBase[1], lat[1].Seconds())
-				if round == 0 {
-					row.ClaimBase = ex
+			rounds[mode] = append(rounds[mode], res)
+			if round == 0 {
+				switch mode {
+				case hotNone:
+					row.ClaimBase = res.claim
+				case hotQueued:
+					row.ClaimGrow, row.HotLeft = res.claim, res.hotLeft
 				}
 			}
 		}
 	}
-	row.BaseRounds, row.GrowRounds = bases, grows
-	row.Base, row.Grow = medianMeasure(bases), medianMeasure(grows)
-	seconds := func(xs []float64) time.Duration { return time.Duration(median(xs) * float64(time.Second)) }
-	row.PickupBase = [2]time.Duration{seconds(pickBase[0]), seconds(pickBase[1])}
-	row.PickupGrow = [2]time.Duration{seconds(pickGrow[0]), seconds(pickGrow[1])}
+	summary := func(rs []hotResult) (all []Measure, m Measure, pickup [2]time.Duration, hotRate float64) {
+		var p50, p99, rates []float64
+		for _, r := range rs {
+			all = append(all, r.m)
+			p50, p99 = append(p50, r.pickup[0].Seconds()), append(p99, r.pickup[1].Seconds())
+			rates = append(rates, r.hotPerSec)
+		}
+		seconds := func(xs []float64) time.Duration { return time.Duration(median(xs) * float64(time.Second)) }
+		return all, medianMeasure(all), [2]time.Duration{seconds(p50), seconds(p99)}, median(rates)
+	}
+	row.BaseRounds, row.Base, row.PickupBase, _ = summary(rounds[hotNone])
+	row.GrowRounds, row.Grow, row.PickupGrow, row.HotRate[0] = summary(rounds[hotQueued])
+	row.ShortRounds, row.Short, row.PickupShort, row.HotRate[1] = summary(rounds[hotShort])
 	return row, nil
+}
+
+func (m hotMode) String() string {
+	return [...]string{"none", "with a long queue", "with a short queue"}[m]
 }
 
 // medianMeasure is the measure of the median rate (of an even number, the
@@ -126,15 +153,30 @@ func medianMeasure(ms []Measure) Measure {
 	return s[(len(s)-1)/2]
 }
 
-func (h *harness) hotRound(ctx context.Context, hot bool, others int) (m Measure, ex Explain, lat [2]time.Duration, hotLeft int, err error) {
+// hotResult is one round of the hot-game row.
+type hotResult struct {
+	m      Measure // the others' backlog
+	claim  Explain
+	pickup [2]time.Duration // the others' pickup p50 and p99
+	// hotLeft is the hot game's jobs still queued at the round's end;
+	// hotPerSec its jobs run per second in the pickup phase.
+	hotLeft   int
+	hotPerSec float64
+}
+
+func (h *harness) hotRound(ctx context.Context, mode hotMode, others int) (res hotResult, err error) {
 	o, opts := h.ours, h.opts
 	if err = o.reset(ctx); err != nil {
 		return
 	}
-	if hot {
-		if err = o.insertGames(ctx, opts.HotJobs, "hot", 1); err != nil {
-			return
-		}
+	switch mode {
+	case hotQueued:
+		err = o.insertGames(ctx, opts.HotJobs, "hot", 1)
+	case hotShort:
+		err = o.insertGames(ctx, hotShortLow+hotTopUp, "hot", 1)
+	}
+	if err != nil {
+		return
 	}
 	if err = o.insertGames(ctx, others, "o", opts.OtherGames); err != nil {
 		return
@@ -142,14 +184,21 @@ func (h *harness) hotRound(ctx context.Context, hot bool, others int) (m Measure
 	if err = o.settle(ctx); err != nil {
 		return
 	}
-	// The others' jobs run are counted in process, so that waiting for
-	// them costs the server nothing until they have all run: a count of
-	// the table every 10 ms took a share of the two cores that grew with
-	// the hot game's rows, which the grown round then paid.
-	var othersRan atomic.Int64
+	// The jobs run are counted in process, so that waiting for them costs
+	// the server nothing until they have all run: a count of the table
+	// every 10 ms took a share of the two cores that grew with the hot
+	// game's rows, which the grown round then paid.
+	var othersRan, hotRan atomic.Int64
+	hotRun := make(chan struct{}, 1)
 	r, err := o.prepareWith(ctx, worker.ExecutorFunc(func(_ context.Context, t worker.Task) (worker.Result, error) {
 		if t.Job.GameID != hotGameID {
 			othersRan.Add(1)
+			return worker.Result{}, nil
+		}
+		hotRan.Add(1)
+		select {
+		case hotRun <- struct{}{}:
+		default:
 		}
 		return worker.Result{}, nil
 	}))
@@ -158,11 +207,17 @@ func (h *harness) hotRound(ctx context.Context, hot bool, others int) (m Measure
 	}
 	stop := sync.OnceValue(r.stop)
 	defer func() { _ = stop() }()
-	if ex, err = r.explain(ctx); err != nil {
+	if res.claim, err = r.explain(ctx); err != nil {
 		return
 	}
 	if err = o.settle(ctx); err != nil {
 		return
+	}
+	topUpErr := make(chan error, 1)
+	if mode != hotNone {
+		tctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() { topUpErr <- o.topUpHot(tctx, &hotRan, hotRun) }()
 	}
 
 	// Throughput of the others' backlog, from the database's clock.
@@ -180,7 +235,7 @@ func (h *harness) hotRound(ctx context.Context, hot bool, others int) (m Measure
 	if err = h.waitOthers(ctx, r, &othersRan, others, 0, others); err != nil {
 		return
 	}
-	if m.Cost, err = h.meter.stop(ctx, at, o.datname()); err != nil {
+	if res.m.Cost, err = h.meter.stop(ctx, at, o.datname()); err != nil {
 		return
 	}
 	var span float64
@@ -188,18 +243,25 @@ func (h *harness) hotRound(ctx context.Context, hot bool, others int) (m Measure
 FROM jobs WHERE game_id <> $2 AND status = 'succeeded'`, t0, hotGameID).Scan(&span); err != nil {
 		return
 	}
-	m.Jobs, m.Elapsed = others, time.Duration(span*float64(time.Second))
+	res.m.Jobs, res.m.Elapsed = others, time.Duration(span*float64(time.Second))
 
 	// Pickup latency of jobs inserted while the hot game's are queued.
 	var after int64
 	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT coalesce(max(id), 0) FROM jobs").Scan(&after); err != nil {
 		return
 	}
+	hot0, began := hotRan.Load(), time.Now()
 	if err = h.insertAtRate(ctx, opts.PickupJobs, opts.OtherRate, opts.OtherGames); err != nil {
 		return
 	}
 	if err = h.waitOthers(ctx, r, &othersRan, others+opts.PickupJobs, after, opts.PickupJobs); err != nil {
 		return
+	}
+	res.hotPerSec = float64(hotRan.Load()-hot0) / time.Since(began).Seconds()
+	select {
+	case err = <-topUpErr:
+		return // it stops only on an error before its context ends
+	default:
 	}
 	var p50, p99 float64
 	if err = o.pool.QueryRow(ctx, `/* queuebench */ SELECT
@@ -208,12 +270,37 @@ FROM jobs WHERE game_id <> $2 AND status = 'succeeded'`, t0, hotGameID).Scan(&sp
 FROM jobs WHERE id > $1 AND game_id <> $2`, after, hotGameID).Scan(&p50, &p99); err != nil {
 		return
 	}
-	lat = [2]time.Duration{time.Duration(p50 * float64(time.Second)), time.Duration(p99 * float64(time.Second))}
-	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT count(*) FROM jobs WHERE game_id = $1 AND status = 'queued'", hotGameID).Scan(&hotLeft); err != nil {
+	res.pickup = [2]time.Duration{time.Duration(p50 * float64(time.Second)), time.Duration(p99 * float64(time.Second))}
+	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT count(*) FROM jobs WHERE game_id = $1 AND status = 'queued'", hotGameID).Scan(&res.hotLeft); err != nil {
 		return
 	}
 	err = stop()
 	return
+}
+
+// topUpHot inserts hotTopUp jobs of the hot game each time it has run
+// another hotTopUp (ran, with a signal on run). It counts from what the
+// executor ran, so that it costs the server no statement but the inserts.
+// It returns when ctx ends.
+func (o *ours) topUpHot(ctx context.Context, ran *atomic.Int64, run <-chan struct{}) error {
+	next := int64(hotTopUp)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-run:
+		}
+		if ran.Load() < next {
+			continue
+		}
+		if err := o.insertGames(ctx, hotTopUp, "hot", 1); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		next += hotTopUp
+	}
 }
 
 // waitOthers waits until the n jobs of other games than the hot one with

@@ -238,6 +238,14 @@ type GrowthRow struct {
 	// are the medians of (the hot-game row: pickup latencies are medians
 	// of the rounds' too).
 	BaseRounds, GrowRounds []Measure
+	// Short is the hot-game row's third measure: the hot game doing the
+	// same work from a short queue (its medians and rounds; see hotShort).
+	Short       Measure
+	ShortRounds []Measure
+	PickupShort [2]time.Duration
+	// HotRate is the hot game's own jobs run per second while the pickup
+	// latency was measured, with the long queue and with the short one.
+	HotRate [2]float64
 	// HotLeft: the hot game's jobs still queued when the latency window
 	// ended in the first round (so the hot game was still ahead of the
 	// others).

@@ -34,7 +34,7 @@ func TestTinyRun(t *testing.T) {
 		RawCommits: 50, RawClaimJobs: 100,
 		Alongside: time.Second, AlongsideMin: 200,
 		Growth: true, GrowthBacklog: 150, Finished: 1000, ManyGames: 40,
-		HotJobs: 200, OtherGames: 4, OtherJobsPerGame: 3, PickupJobs: 12, OtherRate: 1000,
+		HotJobs: 200, OtherGames: 4, OtherJobsPerGame: 3, PickupJobs: 40, OtherRate: 1000,
 		Progress: &progress,
 	})
 	if err != nil {
@@ -109,6 +109,9 @@ func TestTinyRun(t *testing.T) {
 		}
 		checkMeasure(name+" base", g.Base, jobs)
 		checkMeasure(name+" grown", g.Grow, jobs)
+		if name == "hot/ours" {
+			checkMeasure(name+" short queue", g.Short, jobs)
+		}
 	}
 	if serverCPU <= 0 {
 		t.Error("the server's CPU time was measured in no round")
@@ -116,10 +119,15 @@ func TestTinyRun(t *testing.T) {
 	if hot := rows["hot/ours"]; hot.PickupGrow[0] <= 0 || hot.PickupGrow[1] < hot.PickupGrow[0] || hot.PickupBase[1] < hot.PickupBase[0] {
 		t.Errorf("hot game pickup: base %v, grown %v", hot.PickupBase, hot.PickupGrow)
 	}
-	// The hot row alternates rounds of base and grown and reports the
-	// median (of two, the slower).
-	if hot := rows["hot/ours"]; len(hot.BaseRounds) != 2 || len(hot.GrowRounds) != 2 {
-		t.Errorf("hot game rounds: %d base, %d grown; want 2 each", len(hot.BaseRounds), len(hot.GrowRounds))
+	// The short-queue rounds give the hot game the same work: it runs
+	// jobs in both while the pickup latency is measured.
+	if hot := rows["hot/ours"]; hot.PickupShort[0] <= 0 || hot.PickupShort[1] < hot.PickupShort[0] || hot.HotRate[0] <= 0 || hot.HotRate[1] <= 0 {
+		t.Errorf("hot game, short queue: pickup %v, the hot game's rates %v", hot.PickupShort, hot.HotRate)
+	}
+	// The hot row alternates rounds of base, grown and short queue and
+	// reports the median (of two, the slower).
+	if hot := rows["hot/ours"]; len(hot.BaseRounds) != 2 || len(hot.GrowRounds) != 2 || len(hot.ShortRounds) != 2 {
+		t.Errorf("hot game rounds: %d base, %d grown, %d short queue; want 2 each", len(hot.BaseRounds), len(hot.GrowRounds), len(hot.ShortRounds))
 	} else if lo := min(hot.GrowRounds[0].PerSec(), hot.GrowRounds[1].PerSec()); hot.Grow.PerSec() != lo {
 		t.Errorf("hot game grown: %.0f jobs/s reported, rounds %.0f and %.0f", hot.Grow.PerSec(), hot.GrowRounds[0].PerSec(), hot.GrowRounds[1].PerSec())
 	}

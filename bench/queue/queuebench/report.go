@@ -245,9 +245,19 @@ func (r *Report) growthMarkdown(w io.Writer) {
 		lines = append(lines, line{what + " (" + g.BaseLabel + " → " + g.GrowLabel + ")", g.Side,
 			baseFig, growFig, ratio(grow, base), keyLines(g.ClaimBase.Custom) + " → " + keyLines(g.ClaimGrow.Custom)})
 		if g.Name == "hot" {
+			pickup := func(p [2]time.Duration) string { return fmt.Sprintf("%s / %s", ms(p[0]), ms(p[1])) }
 			lines = append(lines, line{fmt.Sprintf("hot game: the other games' pickup p50 / p99, %s jobs inserted at %.0f/s (%s of the hot game's jobs still queued after)", count(r.Options.PickupJobs), r.Options.OtherRate, count(g.HotLeft)), g.Side,
-				fmt.Sprintf("%s / %s", ms(g.PickupBase[0]), ms(g.PickupBase[1])), fmt.Sprintf("%s / %s", ms(g.PickupGrow[0]), ms(g.PickupGrow[1])),
+				pickup(g.PickupBase), pickup(g.PickupGrow),
 				ratio(float64(g.PickupGrow[1]), float64(g.PickupBase[1])) + " (p99)", ""})
+			if len(g.ShortRounds) > 0 {
+				short := fmt.Sprintf("the same work from a short queue, %d–%d of the hot game's jobs queued", hotShortLow, hotShortLow+hotTopUp)
+				lines = append(lines, line{"hot game's backlog alone: the other games' throughput (" + short + " → " + count(r.Options.HotJobs) + " queued)", g.Side,
+					fmtRate(g.Short.PerSec()) + " jobs/s (" + fmtRates(g.ShortRounds) + ")", fmtRate(grow) + " jobs/s",
+					ratio(grow, g.Short.PerSec()), ""})
+				lines = append(lines, line{fmt.Sprintf("hot game's backlog alone: the other games' pickup p50 / p99 (the hot game ran %s jobs/s from the short queue, %s from the long one)", fmtRate(g.HotRate[1]), fmtRate(g.HotRate[0])), g.Side,
+					pickup(g.PickupShort), pickup(g.PickupGrow),
+					ratio(float64(g.PickupGrow[1]), float64(g.PickupShort[1])) + " (p99)", ""})
+			}
 		}
 	}
 	if len(lines) == 0 {
@@ -256,7 +266,7 @@ func (r *Report) growthMarkdown(w io.Writer) {
 	p("")
 	p("### Flat as the work grows (target: grown within 10 %% of base)")
 	p("")
-	p("One run per row, except: the backlog row gives the medians of the rounds above, and the hot-game rows the medians of %d rounds of base and grown, alternating (pickup: the medians of each round's p50 and p99).", r.Options.Rounds)
+	p("One run per row, except: the backlog row gives the medians of the rounds above, and the hot-game rows the medians of %d rounds of base, grown and short queue, alternating (pickup: the medians of each round's p50 and p99). The hot game runs one job at a time beside the others, on the same cores, and gets %s new jobs for every %s it runs: the base has no hot game at all, and the short-queue rounds give it the same work and inserts with a queue of a few hundred, so that grown against short is what its backlog costs.", r.Options.Rounds, count(hotTopUp), count(hotTopUp))
 	p("")
 	p("The claim column is `EXPLAIN (ANALYZE, BUFFERS)` of the side's claim on the full backlog, custom plan: execution time and the top node's buffers.")
 	p("")
@@ -270,14 +280,17 @@ func (r *Report) growthMarkdown(w io.Writer) {
 			continue
 		}
 		p("")
-		p("The hot-game row's throughput phase, its median rounds, per 100 of the other games' jobs (the hot game's own jobs are in the grown round's work):")
+		p("The hot-game row's throughput phase, its median rounds, per 100 of the other games' jobs (the hot game's own jobs are in the work of the grown and short-queue rounds):")
 		p("")
 		p("| | claims | finishes | server CPU ms | client CPU ms |")
 		p("|---|---|---|---|---|")
 		for _, m := range []struct {
 			name string
 			m    Measure
-		}{{"base", g.Base}, {"grown", g.Grow}} {
+		}{{"base", g.Base}, {"grown", g.Grow}, {"short queue", g.Short}} {
+			if m.m.Jobs == 0 {
+				continue
+			}
 			per100 := func(x float64) string { return fmt.Sprintf("%.1f", x*100/float64(m.m.Jobs)) }
 			claims, finishes := "n/a", "n/a"
 			if m.m.Cost.Statements >= 0 {
