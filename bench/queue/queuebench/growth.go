@@ -125,19 +125,19 @@ func (h *harness) hotGame(ctx context.Context) (GrowthRow, error) {
 			}
 		}
 	}
-	summary := func(rs []hotResult) (all []Measure, m Measure, pickup [2]time.Duration, hotRate float64) {
-		var p50, p99, rates []float64
+	summary := func(rs []hotResult) (all []Measure, m Measure, pickup [2]time.Duration, hotRate, marked float64) {
+		var p50, p99, rates, marks []float64
 		for _, r := range rs {
 			all = append(all, r.m)
 			p50, p99 = append(p50, r.pickup[0].Seconds()), append(p99, r.pickup[1].Seconds())
-			rates = append(rates, r.hotPerSec)
+			rates, marks = append(rates, r.hotPerSec), append(marks, float64(r.hotMarked))
 		}
 		seconds := func(xs []float64) time.Duration { return time.Duration(median(xs) * float64(time.Second)) }
-		return all, medianMeasure(all), [2]time.Duration{seconds(p50), seconds(p99)}, median(rates)
+		return all, medianMeasure(all), [2]time.Duration{seconds(p50), seconds(p99)}, median(rates), median(marks)
 	}
-	row.BaseRounds, row.Base, row.PickupBase, _ = summary(rounds[hotNone])
-	row.GrowRounds, row.Grow, row.PickupGrow, row.HotRate[0] = summary(rounds[hotQueued])
-	row.ShortRounds, row.Short, row.PickupShort, row.HotRate[1] = summary(rounds[hotShort])
+	row.BaseRounds, row.Base, row.PickupBase, _, _ = summary(rounds[hotNone])
+	row.GrowRounds, row.Grow, row.PickupGrow, row.HotRate[0], row.HotMarked[0] = summary(rounds[hotQueued])
+	row.ShortRounds, row.Short, row.PickupShort, row.HotRate[1], row.HotMarked[1] = summary(rounds[hotShort])
 	return row, nil
 }
 
@@ -158,10 +158,11 @@ type hotResult struct {
 	m      Measure // the others' backlog
 	claim  Explain
 	pickup [2]time.Duration // the others' pickup p50 and p99
-	// hotLeft is the hot game's jobs still queued at the round's end;
+	// hotLeft is the hot game's jobs still queued at the round's end, and
+	// hotMarked those of them marked the head (see GrowthRow.HotMarked);
 	// hotPerSec its jobs run per second in the pickup phase.
-	hotLeft   int
-	hotPerSec float64
+	hotLeft, hotMarked int
+	hotPerSec          float64
 }
 
 func (h *harness) hotRound(ctx context.Context, mode hotMode, others int) (res hotResult, err error) {
@@ -271,7 +272,7 @@ FROM jobs WHERE id > $1 AND game_id <> $2`, after, hotGameID).Scan(&p50, &p99); 
 		return
 	}
 	res.pickup = [2]time.Duration{time.Duration(p50 * float64(time.Second)), time.Duration(p99 * float64(time.Second))}
-	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT count(*) FROM jobs WHERE game_id = $1 AND status = 'queued'", hotGameID).Scan(&res.hotLeft); err != nil {
+	if err = o.pool.QueryRow(ctx, "/* queuebench */ SELECT count(*), count(*) FILTER (WHERE is_head) FROM jobs WHERE game_id = $1 AND status = 'queued'", hotGameID).Scan(&res.hotLeft, &res.hotMarked); err != nil {
 		return
 	}
 	err = stop()

@@ -246,6 +246,13 @@ type GrowthRow struct {
 	// HotRate is the hot game's own jobs run per second while the pickup
 	// latency was measured, with the long queue and with the short one.
 	HotRate [2]float64
+	// HotMarked is the hot game's queued jobs marked the head at the end
+	// of the pickup phase, long queue and short (medians of the rounds).
+	// One is its head, unless that is running; the rest are marks that
+	// inserts set when a finish of the game held the game's lock
+	// (migration 000014), each a candidate that every claim reads and its
+	// guard turns down until the line reaches it.
+	HotMarked [2]float64
 	// HotLeft: the hot game's jobs still queued when the latency window
 	// ended in the first round (so the hot game was still ahead of the
 	// others).

@@ -254,7 +254,7 @@ func (r *Report) growthMarkdown(w io.Writer) {
 				lines = append(lines, line{"hot game's backlog alone: the other games' throughput (" + short + " → " + count(r.Options.HotJobs) + " queued)", g.Side,
 					fmtRate(g.Short.PerSec()) + " jobs/s (" + fmtRates(g.ShortRounds) + ")", fmtRate(grow) + " jobs/s",
 					ratio(grow, g.Short.PerSec()), ""})
-				lines = append(lines, line{fmt.Sprintf("hot game's backlog alone: the other games' pickup p50 / p99 (the hot game ran %s jobs/s from the short queue, %s from the long one)", fmtRate(g.HotRate[1]), fmtRate(g.HotRate[0])), g.Side,
+				lines = append(lines, line{fmt.Sprintf("hot game's backlog alone: the other games' pickup p50 / p99 (the hot game ran %s jobs/s from the short queue, %s from the long one; %.0f and %.0f of its queued jobs marked the head at the end)", fmtRate(g.HotRate[1]), fmtRate(g.HotRate[0]), g.HotMarked[1], g.HotMarked[0]), g.Side,
 					pickup(g.PickupShort), pickup(g.PickupGrow),
 					ratio(float64(g.PickupGrow[1]), float64(g.PickupShort[1])) + " (p99)", ""})
 			}
