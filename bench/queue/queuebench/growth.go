@@ -216,9 +216,12 @@ func (h *harness) hotRound(ctx context.Context, mode hotMode, others int) (res h
 	}
 	topUpErr := make(chan error, 1)
 	if mode != hotNone {
+		// Stopped and waited for before the round ends, so that no insert
+		// of it lands in the next round.
 		tctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go func() { topUpErr <- o.topUpHot(tctx, &hotRan, hotRun) }()
+		var topUps sync.WaitGroup
+		topUps.Go(func() { topUpErr <- o.topUpHot(tctx, &hotRan, hotRun) })
+		defer func() { cancel(); topUps.Wait() }()
 	}
 
 	// Throughput of the others' backlog, from the database's clock.
